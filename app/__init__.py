@@ -1,0 +1,95 @@
+"""Nexus Proxy: the Flask application factory."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from flask import Flask
+
+from config.settings import Settings
+
+log = logging.getLogger("nexus")
+
+
+class Services:
+    """Everything a request needs, built once per process (each gunicorn worker has its own)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from app.masking import register_secret
+        from app.services.access import AccessControl
+        from app.services.accounting import Accounting
+        from app.services.credentials import CredentialManager
+        from app.services.notifications import Slack, Telemetry
+        from app.services.passthrough import Passthrough
+        from app.services.recording import Recorder
+        from app.services.translator import Translator
+        from app.services.upstream import UpstreamClient
+        from app.storage import open_storage
+
+        self.settings = settings
+        self.started_at = time.time()
+        for secret in (settings.claude_code_proxy_api_key, settings.claude_api_key, *settings.proxy_api_keys):
+            if secret:
+                register_secret(secret)
+        self.setup_dir = os.path.abspath(settings.client_setup_dir)
+        self.storage = open_storage(settings)
+        self.storage.migrate()
+        self.accounting = Accounting(settings, self.storage)
+        self.telemetry = Telemetry(settings)
+        self.slack = Slack(settings)
+        store = self.storage if getattr(self.storage, "supports_credentials", False) else None
+        self.credentials = CredentialManager(settings, store=store)
+        self.access = AccessControl(settings, self.credentials)
+        self.upstream = UpstreamClient(settings)
+        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials)
+        self.translator = Translator(settings, self.upstream, self.recorder)
+        self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
+        self._running = False
+
+    def start(self) -> None:
+        """Start the background greenlets (flusher, reporter, telemetry, Slack)."""
+        if self._running:
+            return
+        self._running = True
+        if self.settings.proxy_mode == "passthrough" or self.settings.domain_credential_mapping:
+            self.credentials.validate_all()
+        self.accounting.start()
+        self.telemetry.start()
+        self.slack.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush usage and notifications (graceful shutdown). Safe to call more than once."""
+        self._running = False
+        for part in (self.accounting, self.telemetry, self.slack):
+            try:
+                if part is self.accounting:
+                    part.stop()
+                else:
+                    part.stop(timeout)
+            except Exception:
+                log.exception("stopping %s failed", type(part).__name__)
+
+
+def create_app(settings: Settings | None = None, *, start_background: bool = True) -> Flask:
+    """Build the app: settings validated once, services built once, blueprints registered."""
+    from app.blueprints import health, messages, setup_files, stats
+    from app.handlers import register_error_handlers
+    from app.logs import configure_logging
+
+    settings = settings or Settings.from_env()
+    configure_logging(settings)
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    services = Services(settings)
+    app.extensions["nexus"] = services
+    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp):
+        app.register_blueprint(blueprint)
+    if not settings.translation:
+        app.register_blueprint(messages.other_bp)
+    register_error_handlers(app)
+    if start_background:
+        services.start()
+    return app

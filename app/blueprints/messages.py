@@ -1,0 +1,76 @@
+"""POST /v1/messages, /v1/messages/count_tokens, and (passthrough) every other /v1/ path."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from flask import Blueprint, Response, current_app, request
+
+from app import logs
+from app.errors import ProxyError
+from app.exchange import Incoming, Reply
+from app.records import RequestRecord
+from app.services.credentials import host_without_port
+
+bp = Blueprint("messages", __name__)
+# Registered in passthrough mode only: every other /v1/ path the clients use (e.g. GET /v1/models).
+other_bp = Blueprint("passthrough_paths", __name__)
+
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@bp.post("/v1/messages")
+def messages() -> Response:
+    return _handle("messages")
+
+
+@bp.post("/v1/messages/count_tokens")
+def count_tokens() -> Response:
+    return _handle("count_tokens")
+
+
+@other_bp.route("/v1/<path:rest>", methods=_METHODS)
+def other(rest: str) -> Response:
+    return _handle("other")
+
+
+def _handle(kind: str) -> Response:
+    started = time.perf_counter()
+    services = current_app.extensions["nexus"]
+    settings = services.settings
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    host = host_without_port(headers.get("host", ""))
+    rec = RequestRecord(
+        request_id="req_" + uuid.uuid4().hex[:24], timestamp=time.time(), domain=host or "unknown",
+        mode=settings.proxy_mode, method=request.method, path=request.path,
+    )
+    try:
+        client_key = services.access.check(host, headers)
+        body = request.get_data(cache=False)
+        logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
+        inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
+                       rec, client_key)
+        if settings.translation:
+            if kind == "messages":
+                reply = services.translator.messages(inc, started)
+            elif kind == "count_tokens":
+                reply = services.translator.count_tokens(inc, started)
+            else:  # pragma: no cover - the catch-all is only registered in passthrough mode
+                raise ProxyError(404, f"{request.path} is not available in translation mode", "not_found_error")
+        else:
+            reply = services.passthrough.forward(inc, started)
+    except ProxyError as exc:
+        rec.status = exc.status
+        rec.error_type = exc.error_type
+        rec.error_message = exc.message
+        services.recorder.finish(rec, started)
+        raise
+    return to_response(reply)
+
+
+def to_response(reply: Reply) -> Response:
+    """A service's Reply as a Flask response; streams go out unbuffered, chunk by chunk."""
+    resp = Response(reply.body, status=reply.status, headers=reply.headers, direct_passthrough=reply.streaming)
+    if reply.on_close is not None:
+        resp.call_on_close(reply.on_close)
+    return resp

@@ -1,0 +1,56 @@
+"""GET /token-stats: per-domain usage in the product's shape, plus ranges and a per-model breakdown."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app.errors import invalid_request
+
+bp = Blueprint("stats", __name__)
+
+
+@bp.get("/token-stats")
+def token_stats():
+    services = current_app.extensions["nexus"]
+    services.access.require_admin(request.host, request.headers)
+    since = _time_arg("since")
+    until = _time_arg("until")
+    accounting = services.accounting
+    body = {
+        "status": "ok",
+        "stats": accounting.stats(since, until),
+        "timestamp": _iso(datetime.now(timezone.utc)),
+    }
+    if since is not None or until is not None:
+        body["range"] = {"since": _iso_or_none(since), "until": _iso_or_none(until)}
+    body["models"] = accounting.model_stats(since, until)
+    return jsonify(body)
+
+
+def _time_arg(name: str) -> float | None:
+    """Epoch seconds, epoch milliseconds, or an ISO-8601 time / date (UTC when no zone is given)."""
+    value = request.args.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+        return number / 1000 if number > 1e11 else number
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid_request(f"{name}: must be an ISO-8601 time (e.g. 2026-11-24 or 2026-11-24T00:00:00Z) "
+                              "or epoch seconds") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _iso_or_none(ts: float | None) -> str | None:
+    return None if ts is None else _iso(datetime.fromtimestamp(ts, timezone.utc))

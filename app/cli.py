@@ -1,0 +1,75 @@
+"""`claude-nexus-proxy`: serve the proxy with gunicorn + gevent, or run `oauth-login`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from app.version import __version__
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILE = os.path.join(ROOT, "config", "gunicorn.conf.py")
+
+EPILOG = """\
+commands:
+  (none) | serve            run the proxy (gunicorn with gevent workers, config/gunicorn.conf.py)
+  oauth-login FILE [--create-api-key]
+                            log in to Claude with OAuth and write a credential file
+
+A .env file in the working directory is loaded automatically; real environment variables win.
+Examples:
+  claude-nexus-proxy
+  claude-nexus-proxy --port 8080 --env-file config/.env
+  claude-nexus-proxy oauth-login credentials/team2.json --create-api-key
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="claude-nexus-proxy",
+        description="Anthropic Messages API proxy: translation to OpenAI-compatible upstreams, or passthrough to Anthropic.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--version", action="version", version=f"claude-nexus-proxy {__version__}")
+    parser.add_argument("-p", "--port", type=int, help="port to listen on (default: $PORT or 3000)")
+    parser.add_argument("--host", help="interface to bind (default: $HOST or 0.0.0.0)")
+    parser.add_argument("-e", "--env-file", metavar="FILE", help="load environment from FILE instead of ./.env")
+    parser.add_argument("-w", "--workers", type=int, help="gunicorn worker processes (default: $WEB_CONCURRENCY or 1)")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve"], help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "oauth-login":
+        from app.oauth_login import main as oauth_main
+
+        return oauth_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    from config.settings import Settings, SettingsError, load_env_files
+
+    try:
+        load_env_files(args.env_file)
+        overrides = {"PORT": args.port, "HOST": args.host, "WEB_CONCURRENCY": args.workers}
+        for name, value in overrides.items():
+            if value is not None:
+                os.environ[name] = str(value)
+        Settings.from_env()  # fail here, with one line and exit 2, rather than inside gunicorn
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    os.environ["NEXUS_ENV_LOADED"] = "1"
+    return serve()
+
+
+def serve() -> int:
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    sys.argv = ["claude-nexus-proxy", "-c", CONFIG_FILE, "--chdir", os.getcwd(), "--pythonpath", ROOT, "wsgi:app"]
+    WSGIApplication("%(prog)s [OPTIONS]").run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The record of one proxied request: what accounting, telemetry and Slack are told."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    timestamp: float  # epoch seconds when the request arrived
+    domain: str  # request host without port, lower-case
+    mode: str  # "translation" | "passthrough"
+    method: str = "POST"
+    path: str = "/v1/messages"
+    model_requested: str | None = None
+    model_used: str | None = None
+    request_type: str = "query"  # "query" | "inference" (see app.usage.classify_request)
+    stream: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    tool_calls: int = 0
+    status: int = 0  # HTTP status the client got (200 for a stream that later failed)
+    error_type: str | None = None  # Anthropic error type, or "client_disconnected"
+    error_message: str | None = None
+    duration_ms: float = 0.0
+    api_key_masked: str | None = None  # already masked; never the raw key
+    auth_type: str | None = None  # "api_key" | "oauth" | None
+    # For Slack only; kept short by the producer.
+    user_text: str | None = None
+    assistant_text: str | None = None
+    tool_names: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.error_type is not None or self.status >= 400

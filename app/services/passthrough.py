@@ -1,0 +1,180 @@
+"""Passthrough mode: the request goes to the Anthropic API as the client sent it, with the chosen credential;
+the answer comes back unchanged while a side parser reads the usage for accounting."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Iterator, Mapping
+
+from app import logs
+from app.errors import sse_error_event
+from app.exchange import Incoming, Reply
+from app.services.recording import last_user_text
+from app.services.relay import stream_failure
+from app.services.upstream import close_quietly, iter_body
+from app.sse import SSEDecoder
+from app.usage import StreamUsage, classify_request, usage_from_message
+
+log = logging.getLogger("nexus.passthrough")
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+# RFC 9110 hop-by-hop headers, plus what the HTTP client sets itself.
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+})
+# The client's credential headers are replaced by the chosen credential; accept-encoding by what we decode.
+_REQUEST_DROP = _HOP_BY_HOP | {"authorization", "x-api-key", "accept-encoding"}
+# Response headers the WSGI server sets itself, or that no longer hold once the body is decoded.
+_RESPONSE_DROP = _HOP_BY_HOP | {"content-encoding", "date", "server", "set-cookie", "alt-svc"}
+# Encodings urllib3 decodes with the standard library alone; the client gets the decoded bytes.
+UPSTREAM_ACCEPT_ENCODING = "gzip, deflate"
+
+_ACCOUNTED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+
+
+def forward_headers(client_headers: Mapping[str, str], credential) -> dict[str, str]:
+    """The headers sent upstream: the client's own, minus hop-by-hop ones, with the chosen credential.
+
+    The one place for the passthrough header rules (README: "Passthrough headers").
+    """
+    headers = {k: v for k, v in client_headers.items() if k not in _REQUEST_DROP}
+    headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+    headers["content-type"] = "application/json"
+    headers["accept-encoding"] = UPSTREAM_ACCEPT_ENCODING
+    credential.apply(headers)
+    return headers
+
+
+def response_headers(upstream_headers) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in upstream_headers.items() if k.lower() not in _RESPONSE_DROP]
+
+
+class Passthrough:
+    def __init__(self, settings, upstream, credentials, recorder) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.credentials = credentials
+        self.recorder = recorder
+        self.base = settings.anthropic_base_url.rstrip("/")
+
+    def forward(self, inc: Incoming, started: float) -> Reply:
+        rec = inc.record
+        accounted = inc.method == "POST" and inc.path in _ACCOUNTED_PATHS
+        if accounted and inc.body:
+            _describe(inc, rec)
+        client_headers = inc.headers
+        if inc.client_key:
+            # the proxy's own access key is never forwarded, nor taken for an Anthropic credential
+            client_headers = {k: v for k, v in client_headers.items() if k not in ("x-api-key", "authorization")}
+        credential = self.credentials.resolve(inc.host, client_headers)
+        rec.api_key_masked = credential.masked
+        rec.auth_type = credential.kind
+        url = self.base + inc.path + (("?" + inc.query_string) if inc.query_string else "")
+        body = inc.body if inc.method not in ("GET", "HEAD") else None
+        headers = forward_headers(client_headers, credential)
+        logs.debug_outgoing(rec.request_id, url, headers, inc.body, "OAuth" if credential.kind == "oauth" else "API Key")
+        resp = self.upstream.send(inc.method, url, headers, body)
+        if resp.status == 401 and credential.kind == "oauth" and credential.source == "domain":
+            renewed = self.credentials.refresh_after_unauthorized(credential)
+            if renewed is not None:
+                close_quietly(resp)
+                renewed.apply(headers)
+                resp = self.upstream.send(inc.method, url, headers, body)
+        rec.status = resp.status
+        out_headers = response_headers(resp.headers)
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            rec.stream = True
+            return Reply(resp.status, out_headers, self._relay_stream(resp, rec, started), streaming=True)
+        try:
+            data = resp.read()
+        except Exception as exc:
+            close_quietly(resp)
+            rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down)
+            data = json.dumps({"type": "error", "error": {"type": rec.error_type, "message": rec.error_message}}).encode()
+            rec.status = 502
+            return Reply(502, [("content-type", "application/json")], data, lambda: self.recorder.finish(rec, started))
+        close_quietly(resp, complete=True)
+        if accounted or resp.status >= 400:
+            _account_json(rec, data, inc.path)
+        logs.debug_response(rec.request_id, resp.status, resp.headers, data)
+        return Reply(resp.status, out_headers, data, lambda: self.recorder.finish(rec, started))
+
+    def _relay_stream(self, resp, rec, started: float) -> Iterator[bytes]:
+        """Relay the bytes as they arrive; a copy goes through the SSE parser for the accounting."""
+        decoder = SSEDecoder()
+        usage = StreamUsage()
+        completed = False
+        debug = log.isEnabledFor(logging.DEBUG)
+        try:
+            for chunk in iter_body(resp):
+                yield chunk
+                if debug:
+                    logs.debug_chunk(rec.request_id, chunk)
+                for event, data in decoder.feed(chunk):
+                    if event == "message_stop" or event == "error":
+                        completed = True
+                    usage.feed(event, data)
+            if not completed:
+                # The upstream closed cleanly but before message_stop: say so rather than end silently.
+                rec.error_type, rec.error_message = "api_error", "Upstream stream ended before message_stop"
+                yield (b"\n\n" if decoder.pending else b"") + sse_error_event(rec.error_type, rec.error_message)
+        except GeneratorExit:
+            rec.error_type = rec.error_type or "client_disconnected"
+            raise
+        except Exception as exc:
+            rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down)
+            yield (b"\n\n" if decoder.pending else b"") + sse_error_event(rec.error_type, rec.error_message)
+        finally:
+            close_quietly(resp, complete=completed and rec.error_type is None)
+            _apply_usage(rec, usage)
+            self.recorder.finish(rec, started)
+
+
+def _describe(inc: Incoming, rec) -> None:
+    """Model, stream flag, request type and user text, read from the body for accounting only."""
+    try:
+        body = json.loads(inc.body)
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(body, dict):
+        return
+    model = body.get("model")
+    rec.model_requested = rec.model_used = model if isinstance(model, str) else None
+    rec.stream = body.get("stream") is True
+    rec.request_type = classify_request(body)
+    if inc.path == "/v1/messages":
+        rec.user_text = last_user_text(body)
+
+
+def _account_json(rec, data: bytes, path: str) -> None:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        if rec.status >= 400:
+            rec.error_type = "api_error"
+        return
+    if not isinstance(obj, dict):
+        return
+    if obj.get("type") == "error" or rec.status >= 400:
+        err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+        rec.error_type = err.get("type") or "api_error"
+        rec.error_message = err.get("message")
+        return
+    if path == "/v1/messages":
+        _apply_usage(rec, usage_from_message(obj))
+
+
+def _apply_usage(rec, usage) -> None:
+    get = usage.get if isinstance(usage, dict) else (lambda k, d=None: getattr(usage, k, d))
+    rec.input_tokens = get("input_tokens", 0) or 0
+    rec.output_tokens = get("output_tokens", 0) or 0
+    rec.cache_creation_input_tokens = get("cache_creation_input_tokens", 0) or 0
+    rec.cache_read_input_tokens = get("cache_read_input_tokens", 0) or 0
+    rec.tool_calls = get("tool_calls", 0) or 0
+    rec.tool_names = list(get("tool_names", None) or [])
+    rec.assistant_text = get("text", None)
+    if rec.error_type is None and get("error_type", None):
+        rec.error_type = get("error_type")
+        rec.error_message = get("error_message", None)

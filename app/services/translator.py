@@ -1,0 +1,193 @@
+"""Translation mode: an Anthropic request in, an OpenAI Chat Completions call out, an Anthropic answer back."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Iterator
+
+from app import logs
+from app.errors import ProxyError, invalid_request
+from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
+from app.masking import mask_secret
+from app.services.access import presented_key
+from app.services.recording import last_user_text
+from app.services.relay import read_error_body, stream_failure, upstream_http_error, with_keepalive
+from app.services.upstream import close_quietly, iter_body
+from app.sse import SSEDecoder
+from app.translation.models import route
+from app.translation.request import UnsupportedContent, anthropic_to_openai
+from app.translation.response import UpstreamFormatError, openai_to_anthropic
+from app.translation.stream import StreamTranslator, format_sse
+from app.translation.tokens import estimate_input_tokens
+from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
+from app.usage import classify_request
+from app.version import __version__
+
+log = logging.getLogger("nexus.translation")
+
+PING = format_sse("ping", {"type": "ping"})
+
+
+class Translator:
+    def __init__(self, settings, upstream, recorder) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.recorder = recorder
+        self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
+        self.user_agent = f"claude-nexus-proxy/{__version__}"
+
+    # -- POST /v1/messages ------------------------------------------------------------------
+    def messages(self, inc: Incoming, started: float) -> Reply:
+        rec = inc.record
+        body = inc.json()
+        try:
+            validate_messages_request(body)
+        except RequestValidationError as exc:
+            raise invalid_request(str(exc)) from None
+        rec.model_requested = body.get("model")
+        rec.request_type = classify_request(body)
+        rec.user_text = last_user_text(body)
+        stream = body.get("stream") is True
+        rec.stream = stream
+        s = self.settings
+        chosen = route(body, reasoning_model=s.reasoning_model, completion_model=s.completion_model,
+                       reasoning_max_tokens=s.reasoning_max_tokens, completion_max_tokens=s.completion_max_tokens,
+                       model_map=s.model_map)
+        rec.model_used = chosen.model
+        try:
+            payload = anthropic_to_openai(body, chosen, stream=stream)
+        except UnsupportedContent as exc:
+            raise invalid_request(str(exc)) from None
+        key = self._upstream_key(inc)
+        rec.api_key_masked = mask_secret(key)
+        rec.auth_type = "api_key"
+        headers = {
+            "authorization": "Bearer " + key,
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "user-agent": self.user_agent,
+        }
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
+        resp = self.upstream.send("POST", self.url, headers, data)
+        if resp.status >= 400:
+            raise upstream_http_error(resp.status, read_error_body(resp), resp.headers)
+        model = rec.model_requested or chosen.model
+        stop_sequences = body.get("stop_sequences") or ()
+        if not stream:
+            return self._json(resp, rec, model, stop_sequences, started)
+        translator = StreamTranslator(model=model, stop_sequences=stop_sequences,
+                                      input_tokens=estimate_input_tokens(body))
+        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)],
+                     self._stream(resp, translator, rec, started), streaming=True)
+
+    def _json(self, resp, rec, model, stop_sequences, started) -> Reply:
+        try:
+            raw = resp.read()
+        except Exception as exc:
+            close_quietly(resp)
+            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            raise ProxyError(502, message, err_type) from None
+        close_quietly(resp, complete=True)
+        try:
+            upstream_json = json.loads(raw)
+            if not isinstance(upstream_json, dict):
+                raise UpstreamFormatError("Upstream answered with JSON that is not an object")
+            message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences)
+        except (ValueError, UpstreamFormatError) as exc:
+            raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
+        logs.debug_response(rec.request_id, 200, {}, message)
+        usage = message.get("usage") or {}
+        rec.input_tokens = usage.get("input_tokens") or 0
+        rec.output_tokens = usage.get("output_tokens") or 0
+        rec.cache_read_input_tokens = usage.get("cache_read_input_tokens") or 0
+        tool_names = [b.get("name") for b in message["content"] if b.get("type") == "tool_use"]
+        rec.tool_calls = len(tool_names)
+        rec.tool_names = tool_names
+        rec.assistant_text = "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")[:4000]
+        rec.status = 200
+        return json_reply(200, message, [("request-id", rec.request_id)],
+                          on_close=lambda: self.recorder.finish(rec, started))
+
+    def _stream(self, resp, translator: StreamTranslator, rec, started: float) -> Iterator[bytes]:
+        rec.status = 200
+        finished = False
+        debug = log.isEnabledFor(logging.DEBUG)
+        try:
+            yield translator.start()
+            decoder = SSEDecoder()
+            done = False
+            for chunk in with_keepalive(iter_body(resp), self.settings.ping_interval):
+                if chunk is None:
+                    yield PING
+                    continue
+                if debug:
+                    logs.debug_chunk(rec.request_id, chunk)
+                for _event, data in decoder.feed(chunk):
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        obj = json.loads(data)
+                    except ValueError:
+                        yield translator.error("api_error", "Upstream sent a malformed stream chunk")
+                        return
+                    if not isinstance(obj, dict):
+                        continue
+                    out = translator.feed(obj)
+                    if out:
+                        yield out
+                    if translator.failed:
+                        return
+                if done:
+                    break
+            if not done and translator.stop_reason is None:
+                yield translator.error("api_error", "Upstream stream ended before it was complete")
+                return
+            yield translator.finish()
+            finished = True
+        except GeneratorExit:
+            rec.error_type = rec.error_type or "client_disconnected"
+            raise
+        except Exception as exc:
+            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            rec.error_type, rec.error_message = err_type, message
+            yield translator.error(err_type, message)
+        finally:
+            close_quietly(resp, complete=finished)
+            rec.input_tokens = translator.input_tokens
+            rec.output_tokens = translator.output_tokens
+            rec.cache_read_input_tokens = translator.cache_read_input_tokens
+            rec.tool_calls = translator.tool_calls
+            rec.tool_names = list(translator.tool_names)
+            rec.assistant_text = translator.text
+            if translator.failed and rec.error_type is None:
+                rec.error_type = getattr(translator, "error_type", None) or "api_error"
+                rec.error_message = getattr(translator, "error_message", None)
+            self.recorder.finish(rec, started)
+
+    # -- POST /v1/messages/count_tokens ---------------------------------------------------------
+    def count_tokens(self, inc: Incoming, started: float) -> Reply:
+        rec = inc.record
+        body = inc.json()
+        try:
+            validate_count_tokens_request(body)
+        except RequestValidationError as exc:
+            raise invalid_request(str(exc)) from None
+        rec.model_requested = body.get("model")
+        rec.request_type = classify_request(body)
+        rec.status = 200
+        return json_reply(200, {"input_tokens": estimate_input_tokens(body)},
+                          on_close=lambda: self.recorder.finish(rec, started))
+
+    def _upstream_key(self, inc: Incoming) -> str:
+        """CLAUDE_CODE_PROXY_API_KEY when set, else the client's own token (multi-subscription)."""
+        if self.settings.claude_code_proxy_api_key:
+            return self.settings.claude_code_proxy_api_key
+        key = presented_key(inc.headers)
+        if key and key != inc.client_key:
+            return key
+        raise ProxyError(401, "No upstream API key: set CLAUDE_CODE_PROXY_API_KEY on the proxy, "
+                              "or send your own key as x-api-key or Authorization: Bearer", "authentication_error")
+

@@ -1,0 +1,28 @@
+"""Storage selection: PostgreSQL when `DATABASE_URL` is set, else the embedded SQLite file."""
+from __future__ import annotations
+
+from app.storage.base import Storage, StorageError
+
+__all__ = ["Storage", "StorageError", "open_storage", "is_postgres_url"]
+
+# Pool size per worker process: the flusher, /token-stats readers and credential loads share it;
+# every request's accounting goes through the one flusher, so a few connections are plenty.
+DEFAULT_POOL_MAX = 4
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and url.split("://", 1)[0].lower() in ("postgresql", "postgres")
+
+
+def open_storage(settings) -> Storage:
+    """The storage the settings ask for. Nothing connects here: the first use connects and migrates."""
+    url = getattr(settings, "database_url", None)
+    retention = getattr(settings, "usage_retention_rows", 100_000)
+    if is_postgres_url(url):
+        from app.storage.postgres import PostgresStorage
+
+        return PostgresStorage(url, retention_rows=retention,
+                               pool_max=getattr(settings, "db_pool_max", DEFAULT_POOL_MAX))
+    from app.storage.sqlite import SqliteStorage
+
+    return SqliteStorage(getattr(settings, "usage_db_path", "data/usage.sqlite3"), retention_rows=retention)

@@ -1,0 +1,242 @@
+"""The storage interface the services use; SQLite (one host) and PostgreSQL (a fleet) implement it."""
+from __future__ import annotations
+
+import abc
+import contextlib
+import time
+from typing import Any, ContextManager, Sequence
+
+from app.records import RequestRecord
+
+SCHEMA_VERSION = 1
+
+# camelCase keys of /token-stats, in the order they are shown.
+DOMAIN_KEYS = (
+    "inputTokens", "outputTokens", "cacheCreationInputTokens", "cacheReadInputTokens",
+    "requestCount", "queryEvaluationCount", "inferenceCount", "toolCallCount", "errorCount",
+)
+MODEL_KEYS = (
+    "requestCount", "inputTokens", "outputTokens", "cacheCreationInputTokens", "cacheReadInputTokens",
+    "toolCallCount", "errorCount",
+)
+
+
+class StorageError(RuntimeError):
+    """The store could not be reached or refused the operation (message holds no secret)."""
+
+
+class StorageDataError(StorageError):
+    """The store is reachable but refused the data itself (so retrying the same batch cannot help)."""
+
+
+class Storage(abc.ABC):
+    """Usage counters, the per-request log, report leadership and (PostgreSQL only) shared credentials.
+
+    Implementations connect lazily (nothing happens in the constructor), migrate the schema on first
+    use, and are safe to use from several greenlets of one process.
+    """
+
+    backend: str = "?"
+    supports_credentials: bool = False
+
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema, idempotently, recording the schema version."""
+
+    @abc.abstractmethod
+    def write_batch(self, records: Sequence[RequestRecord]) -> None:
+        """In one transaction: bump the counters, insert one row per request, enforce retention."""
+
+    @abc.abstractmethod
+    def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:
+        """Per-domain totals; with since/until (epoch seconds, until exclusive) from the request rows."""
+
+    @abc.abstractmethod
+    def model_stats(self, since: float | None = None, until: float | None = None,
+                    domain: str | None = None) -> dict[str, dict]:
+        """Per model used; optionally for one domain and/or a time range."""
+
+    @abc.abstractmethod
+    def totals_version(self) -> int:
+        """A cheap number that changes whenever the counters change."""
+
+    @abc.abstractmethod
+    def try_report_leadership(self) -> bool:
+        """True in exactly one process at a time (per host for SQLite, per fleet for PostgreSQL)."""
+
+    def load_credential(self, key: str) -> tuple[dict, float] | None:
+        """The stored credential and its updated_at (epoch seconds), or None."""
+        return None
+
+    def save_credential(self, key: str, data: dict) -> None:
+        """Store a refreshed credential (no-op where credentials live in files)."""
+
+    def credential_lock(self, key: str, timeout: float = 30.0) -> ContextManager[None]:
+        """Serialise refreshes of one credential (no-op where the file lock does it)."""
+        return contextlib.nullcontext()
+
+    @abc.abstractmethod
+    def healthy(self) -> bool:
+        """Whether the store answered recently; never blocks for long."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and locks."""
+
+    def row_count(self) -> int:  # pragma: no cover - overridden
+        """Rows currently in the per-request log (tests and GET / diagnostics)."""
+        raise NotImplementedError
+
+
+# --- helpers shared by both implementations -------------------------------------------------
+
+REQUEST_COLUMNS = (
+    "ts", "request_id", "domain", "mode", "method", "path", "model_requested", "model_used",
+    "request_type", "stream", "input_tokens", "output_tokens", "cache_creation_input_tokens",
+    "cache_read_input_tokens", "tool_calls", "status", "duration_ms", "error_type",
+)
+
+# Counter columns in the order of the tuple `aggregate` produces.
+COUNTER_COLUMNS = (
+    "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+    "request_count", "query_count", "inference_count", "tool_call_count", "error_count", "last_updated",
+)
+
+
+def model_of(rec: RequestRecord) -> str:
+    return _text(rec.model_used or rec.model_requested) or "unknown"
+
+
+def end_ms(rec: RequestRecord) -> int:
+    """When the request finished, in ms epoch: the product's lastUpdated."""
+    start = _number(rec.timestamp) or time.time()
+    return int(start * 1000 + _number(rec.duration_ms))
+
+
+_MAX_COUNT = 10**12  # sums stay far inside BIGINT whatever an upstream claims
+_MAX_TEXT = 512
+
+
+def _count(value) -> int:
+    try:
+        n = int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+    return 0 if n < 0 else min(n, _MAX_COUNT)
+
+
+def _text(value) -> str | None:
+    # PostgreSQL text cannot hold NUL; nothing here needs to be long.
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text[:_MAX_TEXT]
+
+
+def _number(value) -> float:
+    try:
+        f = float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return f if f == f and abs(f) < 1e15 else 0.0  # no NaN / inf
+
+
+def request_row(rec: RequestRecord) -> tuple:
+    ts = _number(rec.timestamp) or time.time()
+    return (
+        ts, _text(rec.request_id), _text(rec.domain) or "unknown", _text(rec.mode), _text(rec.method),
+        _text(rec.path), _text(rec.model_requested), _text(rec.model_used), _text(rec.request_type),
+        bool(rec.stream), _count(rec.input_tokens), _count(rec.output_tokens),
+        _count(rec.cache_creation_input_tokens), _count(rec.cache_read_input_tokens), _count(rec.tool_calls),
+        _status(rec.status), _number(rec.duration_ms), _text(rec.error_type),
+    )
+
+
+def _status(value) -> int:
+    n = _count(value)
+    return n if n < 1000 else 0
+
+
+def _failed(rec: RequestRecord) -> bool:
+    return rec.error_type is not None or _status(rec.status) >= 400
+
+
+def aggregate(records: Sequence[RequestRecord]) -> tuple[dict[str, list], dict[tuple[str, str], list]]:
+    """Sum a batch per domain and per (domain, model): one upsert per key instead of per record."""
+    by_domain: dict[str, list] = {}
+    by_model: dict[tuple[str, str], list] = {}
+    for rec in records:
+        inference = rec.request_type == "inference"
+        delta = (
+            _count(rec.input_tokens), _count(rec.output_tokens), _count(rec.cache_creation_input_tokens),
+            _count(rec.cache_read_input_tokens), 1, 0 if inference else 1, 1 if inference else 0,
+            _count(rec.tool_calls), 1 if _failed(rec) else 0,
+        )
+        last = end_ms(rec)
+        domain = _text(rec.domain) or "unknown"
+        for table, key in ((by_domain, domain), (by_model, (domain, model_of(rec)))):
+            acc = table.get(key)
+            if acc is None:
+                table[key] = [*delta, last]
+            else:
+                for i, v in enumerate(delta):
+                    acc[i] += v
+                if last > acc[9]:
+                    acc[9] = last
+    return by_domain, by_model
+
+
+def domain_dict(row: Sequence[Any]) -> dict:
+    """(input, output, cache_creation, cache_read, requests, queries, inferences, tools, errors, last_ms) -> camelCase."""
+    out = {k: int(row[i] or 0) for i, k in enumerate(DOMAIN_KEYS)}
+    out["lastUpdated"] = int(row[9] or 0)
+    return out
+
+
+def model_dict(row: Sequence[Any]) -> dict:
+    """Same tuple layout as `domain_dict`, the per-model keys."""
+    d = domain_dict(row)
+    return {k: d[k] for k in MODEL_KEYS} | {"lastUpdated": d["lastUpdated"]}
+
+
+# Aggregates over the request rows, in the tuple layout of `domain_dict` (portable SQL: SQLite and PostgreSQL).
+_ROW_AGGREGATES = (
+    "SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens),"
+    " COUNT(*), SUM(CASE WHEN request_type = 'inference' THEN 0 ELSE 1 END),"
+    " SUM(CASE WHEN request_type = 'inference' THEN 1 ELSE 0 END), SUM(tool_calls),"
+    " SUM(CASE WHEN error_type IS NOT NULL OR status >= 400 THEN 1 ELSE 0 END),"
+    " MAX(CAST(ts * 1000 + duration_ms AS BIGINT))"
+)
+_COUNTER_AGGREGATES = (
+    "SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens),"
+    " SUM(request_count), SUM(query_count), SUM(inference_count), SUM(tool_call_count), SUM(error_count),"
+    " MAX(last_updated)"
+)
+
+
+def stats_query(kind: str, ph: str, since: float | None, until: float | None,
+                domain: str | None = None, prefix: str = "nexus_") -> tuple[str, list]:
+    """SQL + params for domain (kind="domain") or model (kind="model") stats; `ph` is the placeholder."""
+    key = "domain" if kind == "domain" else "model"
+    where: list[str] = []
+    params: list = []
+    if since is None and until is None:
+        table = f"{prefix}domain_usage" if kind == "domain" else f"{prefix}model_usage"
+        select = f"SELECT {key}, {_COUNTER_AGGREGATES} FROM {table}"
+    else:
+        select = f"SELECT COALESCE(model_used, model_requested, 'unknown') AS model, {_ROW_AGGREGATES}" \
+            f" FROM {prefix}requests" if kind == "model" else \
+            f"SELECT domain, {_ROW_AGGREGATES} FROM {prefix}requests"
+        if since is not None:
+            where.append(f"ts >= {ph}")
+            params.append(float(since))
+        if until is not None:
+            where.append(f"ts < {ph}")
+            params.append(float(until))
+    if domain is not None:
+        where.append(f"domain = {ph}")
+        params.append(domain)
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" GROUP BY {key} ORDER BY {key}"
+    return sql, params

@@ -1,0 +1,249 @@
+"""SQLite storage: the embedded default for one host, shared by every gunicorn worker through one WAL file."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Sequence
+
+from app.records import RequestRecord
+from app.storage.base import (
+    COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
+    model_dict, request_row, stats_query,
+)
+
+log = logging.getLogger("nexus.storage")
+
+# A worker blocks (sqlite waits in C) at most this long for another worker's write; writes are sub-ms.
+BUSY_TIMEOUT_MS = 5000
+
+_COUNTERS_DDL = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in COUNTER_COLUMNS)
+
+# Index i holds the statements that take the schema from version i to i + 1.
+MIGRATIONS: list[list[str]] = [
+    [
+        f"CREATE TABLE nexus_domain_usage (domain TEXT PRIMARY KEY, {_COUNTERS_DDL})",
+        f"CREATE TABLE nexus_model_usage (domain TEXT NOT NULL, model TEXT NOT NULL, {_COUNTERS_DDL},"
+        " PRIMARY KEY (domain, model))",
+        "CREATE TABLE nexus_requests (id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, domain TEXT,"
+        " mode TEXT, method TEXT, path TEXT, model_requested TEXT, model_used TEXT, request_type TEXT,"
+        " stream INTEGER NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0,"
+        " output_tokens INTEGER NOT NULL DEFAULT 0, cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,"
+        " cache_read_input_tokens INTEGER NOT NULL DEFAULT 0, tool_calls INTEGER NOT NULL DEFAULT 0,"
+        " status INTEGER NOT NULL DEFAULT 0, duration_ms REAL NOT NULL DEFAULT 0, error_type TEXT)",
+        "CREATE INDEX nexus_requests_ts ON nexus_requests (ts)",
+    ],
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _upsert_sql(table: str, key_cols: str) -> str:
+    cols = ", ".join(COUNTER_COLUMNS)
+    marks = ", ".join("?" for _ in COUNTER_COLUMNS)
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTER_COLUMNS[:-1])
+    nkeys = key_cols.count(",") + 1
+    return (f"INSERT INTO {table} ({key_cols}, {cols}) VALUES ({', '.join('?' * nkeys)}, {marks})"
+            f" ON CONFLICT ({key_cols}) DO UPDATE SET {sets},"
+            f" last_updated = MAX(last_updated, excluded.last_updated)")
+
+
+_UPSERT_DOMAIN = _upsert_sql("nexus_domain_usage", "domain")
+_UPSERT_MODEL = _upsert_sql("nexus_model_usage", "domain, model")
+_INSERT_REQUEST = (f"INSERT INTO nexus_requests ({', '.join(REQUEST_COLUMNS)})"
+                   f" VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})")
+_PRUNE = "DELETE FROM nexus_requests WHERE id <= (SELECT MAX(id) FROM nexus_requests) - ?"
+
+
+class SqliteStorage(Storage):
+    backend = "sqlite"
+    supports_credentials = False
+
+    def __init__(self, path: str, retention_rows: int = 100_000) -> None:
+        self.path = path
+        self.retention_rows = max(1, int(retention_rows))
+        self._memory = path == ":memory:" or path.startswith("file::memory:")
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._migrated = False
+        self._leader_fd: int | None = None
+        self._leader_pid = 0
+
+    # --- connection ------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        # A connection inherited through fork() must not be used by the child: open a new one.
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        if not self._memory:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not self._memory:
+            self._set_wal(conn)
+            # Durable across a crashed process; only an OS crash could lose the last flush.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn, self._pid, self._migrated = conn, os.getpid(), False
+        return conn
+
+    @staticmethod
+    def _set_wal(conn: sqlite3.Connection) -> None:
+        # Switching to WAL needs a moment of exclusive access; workers starting together may collide.
+        for attempt in range(50):
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        conn.execute("PRAGMA journal_mode = WAL")
+
+    def _ready(self) -> sqlite3.Connection:
+        conn = self._connection()
+        if not self._migrated:
+            self._migrate(conn)
+        return conn
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        with self._lock:
+            try:
+                self._migrate(self._connection())
+            except sqlite3.Error as exc:
+                raise StorageError(f"SQLite migration failed: {exc}") from exc
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock first: workers starting together migrate one at a time.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS nexus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM nexus_meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StorageError(f"database schema version {version} is newer than this proxy ({SCHEMA_VERSION})")
+            for target in range(version, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[target]:
+                    conn.execute(stmt)
+            if version != SCHEMA_VERSION:
+                conn.execute("INSERT INTO nexus_meta (key, value) VALUES ('schema_version', ?)"
+                             " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._migrated = True
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._ready().execute("SELECT value FROM nexus_meta WHERE key = 'schema_version'").fetchone()
+            return int(row[0]) if row else 0
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def write_batch(self, records: Sequence[RequestRecord]) -> None:
+        if not records:
+            return
+        by_domain, by_model = aggregate(records)
+        rows = [request_row(r) for r in records]
+        with self._lock:
+            try:
+                conn = self._ready()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_UPSERT_DOMAIN, [(d, *v) for d, v in by_domain.items()])
+                    conn.executemany(_UPSERT_MODEL, [(d, m, *v) for (d, m), v in by_model.items()])
+                    conn.executemany(_INSERT_REQUEST, rows)
+                    # Row ids grow by one per insert, so this keeps exactly the newest N rows
+                    # with an index range delete (no count, no scan).
+                    conn.execute(_PRUNE, (self.retention_rows,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
+                raise StorageDataError(f"SQLite refused the data: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StorageError(f"SQLite write failed: {exc}") from exc
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._ready().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"SQLite read failed: {exc}") from exc
+
+    def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:
+        sql, params = stats_query("domain", "?", since, until)
+        return {row[0]: domain_dict(row[1:]) for row in self._query(sql, params)}
+
+    def model_stats(self, since: float | None = None, until: float | None = None,
+                    domain: str | None = None) -> dict[str, dict]:
+        sql, params = stats_query("model", "?", since, until, domain)
+        return {row[0]: model_dict(row[1:]) for row in self._query(sql, params)}
+
+    def totals_version(self) -> int:
+        row = self._query("SELECT COALESCE(SUM(request_count), 0) FROM nexus_domain_usage")
+        return int(row[0][0])
+
+    def row_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM nexus_requests")[0][0])
+
+    # --- report leadership -----------------------------------------------------------------
+
+    def try_report_leadership(self) -> bool:
+        if self._memory:
+            return True  # an in-memory database lives in this process only
+        pid = os.getpid()
+        if self._leader_fd is not None and self._leader_pid == pid:
+            return True
+        # A lock inherited through fork belongs to the parent; this process competes on its own.
+        self._leader_fd = None
+        path = os.path.abspath(self.path) + ".report.lock"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            log.debug("report lock file unavailable: %s", exc)
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        # Held (the fd stays open) for the life of the process; the kernel frees it when we exit.
+        self._leader_fd, self._leader_pid = fd, pid
+        return True
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        with self._lock:
+            try:
+                self._ready().execute("SELECT 1").fetchone()
+                return True
+            except (sqlite3.Error, StorageError, OSError):
+                return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                try:
+                    self._conn.close()
+                except sqlite3.Error:
+                    pass
+            self._conn = None
+            if self._leader_fd is not None and self._leader_pid == os.getpid():
+                try:
+                    os.close(self._leader_fd)
+                except OSError:
+                    pass
+            self._leader_fd = None

@@ -1,0 +1,206 @@
+"""Pure usage helpers: request classification and token/tool extraction from Anthropic answers.
+
+No I/O here. `StreamUsage` sits beside every relayed stream, so it parses only the events it needs.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# Slack shows the assistant's answer; nothing else needs more, so collection stops here.
+TEXT_CAP = 4000
+
+_TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def count_system_messages(body: dict) -> int:
+    """The product's count: a string `system` is 1 (empty: 0), an array its length, plus `role: system` messages."""
+    n = 0
+    system = body.get("system")
+    if isinstance(system, str):
+        n += 1 if system else 0
+    elif isinstance(system, list):
+        n += len(system)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict) and m.get("role") == "system":
+                n += 1
+    return n
+
+
+def classify_request(body: dict) -> str:
+    """"query" for exactly one system message, "inference" for more than one.
+
+    Zero system messages counts as "query", so that Reqs = Query + Infer always holds in the report.
+    """
+    return "inference" if count_system_messages(body) > 1 else "query"
+
+
+def _int(value: Any) -> int:
+    # Upstreams send null for counts they do not know; bools are not counts.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value > 0 else 0
+    if isinstance(value, float):
+        return int(value) if value > 0 else 0
+    return 0
+
+
+def usage_from_message(msg: dict) -> dict:
+    """Token counts, tool calls and (capped) text of an Anthropic message JSON."""
+    usage = msg.get("usage") if isinstance(msg, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+    out: dict[str, Any] = {k: _int(usage.get(k)) for k in _TOKEN_KEYS}
+    names: list[str] = []
+    parts: list[str] = []
+    size = 0
+    content = msg.get("content") if isinstance(msg, dict) else None
+    if isinstance(content, list):
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "tool_use":
+                names.append(str(block.get("name") or ""))
+            elif kind == "text" and size < TEXT_CAP:
+                text = block.get("text")
+                if isinstance(text, str) and text:
+                    piece = text[: TEXT_CAP - size]
+                    parts.append(piece)
+                    size += len(piece)
+    out["tool_calls"] = len(names)
+    out["tool_names"] = names
+    out["text"] = "".join(parts)
+    return out
+
+
+class StreamUsage:
+    """Accumulates usage from an Anthropic SSE stream, event by event.
+
+    `feed(event, data)` takes the event name and its data (bytes or str). Only `message_start`,
+    `message_delta`, `content_block_start`, `error` and (while text is still wanted)
+    `content_block_delta` text deltas are JSON-decoded; everything else costs a string compare.
+    """
+
+    __slots__ = (
+        "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+        "tool_calls", "tool_names", "error_type", "error_message", "model", "stop_reason",
+        "_parts", "_size", "_collect_text",
+    )
+
+    def __init__(self, collect_text: bool = True) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_creation_input_tokens = 0
+        self.cache_read_input_tokens = 0
+        self.tool_calls = 0
+        self.tool_names: list[str] = []
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.model: str | None = None
+        self.stop_reason: str | None = None
+        self._parts: list[str] = []
+        self._size = 0
+        self._collect_text = collect_text
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def feed(self, event: str | None, data: bytes | str) -> None:
+        """Account one SSE event. Never raises on malformed data."""
+        if not event:
+            # A producer that omits `event:` lines: the type is inside the data.
+            obj = _loads(data)
+            if obj is None:
+                return
+            event = obj.get("type")
+            if not isinstance(event, str):
+                return
+            self._apply(event, obj, data)
+            return
+        if event == "content_block_delta":
+            # The hot case: most events of a stream. Only text deltas are wanted, and only until the cap.
+            if not self._collect_text or self._size >= TEXT_CAP:
+                return
+            if isinstance(data, bytes):
+                if b'"text_delta"' not in data:
+                    return
+            elif '"text_delta"' not in data:
+                return
+            obj = _loads(data)
+            if obj is not None:
+                self._apply(event, obj, data)
+            return
+        if event in ("message_start", "message_delta", "content_block_start", "error"):
+            obj = _loads(data)
+            if obj is not None:
+                self._apply(event, obj, data)
+
+    def _apply(self, event: str, obj: dict, data: bytes | str) -> None:
+        if event == "content_block_delta":
+            if not self._collect_text or self._size >= TEXT_CAP:
+                return
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                text = delta.get("text")
+                if isinstance(text, str) and text:
+                    piece = text[: TEXT_CAP - self._size]
+                    self._parts.append(piece)
+                    self._size += len(piece)
+        elif event == "message_start":
+            msg = obj.get("message")
+            if isinstance(msg, dict):
+                if isinstance(msg.get("model"), str):
+                    self.model = msg["model"]
+                self._take_usage(msg.get("usage"))
+        elif event == "message_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                self.stop_reason = delta["stop_reason"]
+            self._take_usage(obj.get("usage"))
+        elif event == "content_block_start":
+            block = obj.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                self.tool_calls += 1
+                self.tool_names.append(str(block.get("name") or ""))
+        elif event == "error":
+            err = obj.get("error")
+            if isinstance(err, dict):
+                self.error_type = str(err.get("type") or "api_error")
+                msg = err.get("message")
+                self.error_message = msg[:500] if isinstance(msg, str) else None
+            else:
+                self.error_type = "api_error"
+
+    def _take_usage(self, usage: Any) -> None:
+        # Counts are cumulative across events, so the largest seen wins; an upstream that repeats
+        # a count as 0 or null in `message_delta` does not erase what `message_start` said.
+        if not isinstance(usage, dict):
+            return
+        for key in _TOKEN_KEYS:
+            value = _int(usage.get(key))
+            if value > getattr(self, key):
+                setattr(self, key, value)
+
+    def as_dict(self) -> dict:
+        """The same keys as `usage_from_message`, plus error_type/error_message."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "tool_calls": self.tool_calls,
+            "tool_names": list(self.tool_names),
+            "text": self.text,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+        }
+
+
+def _loads(data: bytes | str) -> dict | None:
+    try:
+        obj = json.loads(data)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None

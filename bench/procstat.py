@@ -1,0 +1,103 @@
+"""CPU time and memory of a process tree, read from /proc (Linux)."""
+from __future__ import annotations
+
+import os
+import threading
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        data = f.read().decode()
+    # the command name may contain spaces: fields start after the last ')'
+    return data[data.rindex(")") + 2:].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        fields = _stat_fields(pid)
+    except (OSError, ValueError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process."""
+    try:
+        out = []
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                out.extend(int(x) for x in f.read().split())
+        return out
+    except OSError:
+        pass
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat_fields(int(entry))[1]) == pid:
+                    kids.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return kids
+
+
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo.extend(children(p))
+    return pids
+
+
+def tree_cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_kb(pids: list[int]) -> int:
+    """Sum of current resident set sizes, KiB."""
+    return sum(_status_kb(p, "VmRSS:") for p in pids)
+
+
+def hwm_kb(pids: list[int]) -> int:
+    """Sum of peak resident set sizes (VmHWM), KiB."""
+    return sum(_status_kb(p, "VmHWM:") for p in pids)
+
+
+class RssSampler:
+    """Samples the summed RSS of some processes in a thread; `peak` is the highest sample."""
+
+    def __init__(self, pids: list[int], interval: float = 0.02) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.peak = rss_kb(pids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_kb(self.pids))
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_kb(self.pids))

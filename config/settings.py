@@ -1,0 +1,233 @@
+"""Configuration: every variable read once, validated by one marshmallow schema into a frozen `Settings`.
+
+A bad value stops start-up with one line naming the variable (see `SettingsError`); the CLI and
+the gunicorn config turn that into exit status 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields as dc_fields
+from typing import Any, Mapping
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+DEFAULT_UPSTREAM = "https://models.github.ai/inference"
+DEFAULT_MODEL = "openai/gpt-4.1"
+
+
+class SettingsError(ValueError):
+    """One bad variable: `str(err)` is the line printed at start-up."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"Configuration error: {variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class _Bool(fields.Field):
+    _TRUE = {"1", "true", "yes", "on"}
+    _FALSE = {"0", "false", "no", "off", ""}
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> bool:
+        text = str(value).strip().lower()
+        if text in self._TRUE:
+            return True
+        if text in self._FALSE:
+            return False
+        raise ValidationError("must be true or false")
+
+
+class _JsonObject(fields.Field):
+    """A JSON object of string -> string (DOMAIN_CREDENTIAL_MAPPING, MODEL_MAP)."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
+        if isinstance(value, Mapping):
+            obj = value
+        else:
+            text = str(value).strip()
+            if not text:
+                return {}
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise ValidationError(f"must be a JSON object ({exc.msg} at position {exc.pos})")
+        if not isinstance(obj, dict):
+            raise ValidationError("must be a JSON object of strings")
+        bad = [k for k, v in obj.items() if not isinstance(v, str) or not v]
+        if bad:
+            raise ValidationError(f"must be a JSON object of strings; the value for {bad[0]!r} is not a non-empty string")
+        return dict(obj)
+
+
+class _KeyList(fields.Field):
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> tuple:
+        return tuple(k.strip() for k in str(value).split(",") if k.strip())
+
+
+def _url(**kw) -> fields.Url:
+    return fields.Url(require_tld=False, schemes={"http", "https"}, error_messages={"invalid": "must be an http(s) URL"}, **kw)
+
+
+def _positive_int(**kw) -> fields.Integer:
+    return fields.Integer(strict=False, validate=validate.Range(min=1, error="must be a positive integer"),
+                          error_messages={"invalid": "must be a whole number"}, **kw)
+
+
+def _non_negative_float(**kw) -> fields.Float:
+    return fields.Float(validate=validate.Range(min=0, error="must be zero or more"),
+                        error_messages={"invalid": "must be a number"}, **kw)
+
+
+class SettingsSchema(Schema):
+    """Environment variable names (data_key) -> Settings attributes."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    proxy_mode = fields.String(data_key="PROXY_MODE", validate=validate.OneOf(
+        ["translation", "passthrough"], error="must be 'translation' or 'passthrough'"))
+    host = fields.String(data_key="HOST")
+    port = fields.Integer(data_key="PORT", validate=validate.Range(min=1, max=65535, error="must be a port number (1-65535)"),
+                          error_messages={"invalid": "must be a port number (1-65535)"})
+    workers = _positive_int(data_key="WEB_CONCURRENCY")
+    worker_connections = _positive_int(data_key="WORKER_CONNECTIONS")
+    shutdown_timeout = _non_negative_float(data_key="GRACEFUL_TIMEOUT")
+    claude_code_proxy_api_key = fields.String(data_key="CLAUDE_CODE_PROXY_API_KEY")
+    anthropic_proxy_base_url = _url(data_key="ANTHROPIC_PROXY_BASE_URL")
+    reasoning_model = fields.String(data_key="REASONING_MODEL", validate=validate.Length(min=1))
+    completion_model = fields.String(data_key="COMPLETION_MODEL", validate=validate.Length(min=1))
+    reasoning_max_tokens = _positive_int(data_key="REASONING_MAX_TOKENS")
+    completion_max_tokens = _positive_int(data_key="COMPLETION_MAX_TOKENS")
+    model_map = _JsonObject(data_key="MODEL_MAP")
+    claude_api_key = fields.String(data_key="CLAUDE_API_KEY")
+    domain_credential_mapping = _JsonObject(data_key="DOMAIN_CREDENTIAL_MAPPING")
+    strict_domain_mapping = _Bool(data_key="STRICT_DOMAIN_MAPPING")
+    anthropic_base_url = _url(data_key="CLAUDE_API_BASE_URL")
+    oauth_token_url = _url(data_key="OAUTH_TOKEN_URL")
+    oauth_client_id = fields.String(data_key="OAUTH_CLIENT_ID", validate=validate.Length(min=1))
+    telemetry_endpoint = _url(data_key="TELEMETRY_ENDPOINT")
+    debug = _Bool(data_key="DEBUG")
+    log_level = fields.String(data_key="LOG_LEVEL", validate=validate.OneOf(
+        ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], error="must be DEBUG, INFO, WARNING, ERROR or CRITICAL"))
+    slack_webhook_url = _url(data_key="SLACK_WEBHOOK_URL")
+    slack_channel = fields.String(data_key="SLACK_CHANNEL")
+    slack_username = fields.String(data_key="SLACK_USERNAME")
+    slack_icon_emoji = fields.String(data_key="SLACK_ICON_EMOJI")
+    slack_enabled = _Bool(data_key="SLACK_ENABLED")
+    database_url = fields.String(data_key="DATABASE_URL", validate=validate.Regexp(
+        r"^(postgres|postgresql)://", error="must be a postgresql:// URL"))
+    usage_db_path = fields.String(data_key="USAGE_DB_PATH", validate=validate.Length(min=1))
+    usage_retention_rows = _positive_int(data_key="USAGE_RETENTION_ROWS")
+    report_interval = _non_negative_float(data_key="TOKEN_REPORT_INTERVAL")
+    proxy_api_keys = _KeyList(data_key="PROXY_API_KEYS")
+    connect_timeout = _non_negative_float(data_key="UPSTREAM_CONNECT_TIMEOUT")
+    read_timeout = _non_negative_float(data_key="UPSTREAM_READ_TIMEOUT")
+    max_retries = fields.Integer(data_key="UPSTREAM_MAX_RETRIES", validate=validate.Range(min=0, max=10, error="must be 0-10"),
+                                 error_messages={"invalid": "must be a whole number"})
+    retry_max_wait = _non_negative_float(data_key="UPSTREAM_RETRY_MAX_WAIT")
+    ping_interval = _non_negative_float(data_key="STREAM_PING_INTERVAL")
+    max_body_mb = fields.Float(data_key="MAX_REQUEST_BODY_MB", validate=validate.Range(min=0.001, error="must be a positive number"),
+                               error_messages={"invalid": "must be a number"})
+    client_setup_dir = fields.String(data_key="CLIENT_SETUP_DIR", validate=validate.Length(min=1))
+
+
+@dataclass(frozen=True)
+class Settings:
+    proxy_mode: str = "translation"
+    host: str = "0.0.0.0"
+    port: int = 3000
+    workers: int = 1
+    worker_connections: int = 2000
+    shutdown_timeout: float = 30.0
+    claude_code_proxy_api_key: str | None = field(default=None, repr=False)
+    anthropic_proxy_base_url: str = DEFAULT_UPSTREAM
+    reasoning_model: str = DEFAULT_MODEL
+    completion_model: str = DEFAULT_MODEL
+    reasoning_max_tokens: int | None = None
+    completion_max_tokens: int | None = None
+    model_map: dict = field(default_factory=dict)
+    claude_api_key: str | None = field(default=None, repr=False)
+    domain_credential_mapping: dict = field(default_factory=dict)
+    strict_domain_mapping: bool = False
+    anthropic_base_url: str = "https://api.anthropic.com"
+    oauth_token_url: str = "https://console.anthropic.com/v1/oauth/token"
+    oauth_client_id: str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+    telemetry_endpoint: str | None = None
+    debug: bool = False
+    log_level: str = "INFO"
+    slack_webhook_url: str | None = field(default=None, repr=False)
+    slack_channel: str | None = None
+    slack_username: str = "Claude Code Proxy"
+    slack_icon_emoji: str = ":robot_face:"
+    slack_enabled: bool = True
+    database_url: str | None = field(default=None, repr=False)
+    usage_db_path: str = "data/usage.sqlite3"
+    usage_retention_rows: int = 100_000
+    report_interval: float = 10.0
+    proxy_api_keys: tuple = field(default=(), repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    max_retries: int = 2
+    retry_max_wait: float = 20.0
+    ping_interval: float = 15.0
+    max_body_mb: float = 32.0
+    client_setup_dir: str = "client-setup"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def translation(self) -> bool:
+        return self.proxy_mode == "translation"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Validate a mapping of environment variables (default `os.environ`); empty values count as unset."""
+        environ = os.environ if environ is None else environ
+        schema = SettingsSchema()
+        raw = {}
+        for f in schema.fields.values():
+            value = environ.get(f.data_key)
+            if value is not None and value.strip() != "":
+                raw[f.data_key] = value.strip()
+        if "LOG_LEVEL" in raw:
+            raw["LOG_LEVEL"] = raw["LOG_LEVEL"].upper()
+        try:
+            loaded = schema.load(raw)
+        except ValidationError as exc:
+            variable, problems = sorted(exc.messages.items())[0]
+            problem = problems[0] if isinstance(problems, list) else str(problems)
+            raise SettingsError(variable, problem) from None
+        if loaded.get("debug") and "log_level" not in loaded:
+            loaded["log_level"] = "DEBUG"
+        return cls(**loaded)
+
+    def public_dict(self) -> dict:
+        """Non-secret configuration for `GET /` (secrets are reported as set/unset only)."""
+        return {
+            "mode": self.proxy_mode,
+            "upstream": self.anthropic_proxy_base_url if self.translation else self.anthropic_base_url,
+            "models": {"reasoning": self.reasoning_model, "completion": self.completion_model,
+                       "map": dict(self.model_map)} if self.translation else None,
+            "maxTokens": {"reasoning": self.reasoning_max_tokens, "completion": self.completion_max_tokens}
+            if self.translation else None,
+        }
+
+
+SETTINGS_FIELDS = {f.name for f in dc_fields(Settings)}
+
+
+def load_env_files(env_file: str | None = None, cwd: str | None = None) -> None:
+    """Load `--env-file FILE`, else `.env` in the working directory; real environment variables win."""
+    from dotenv import load_dotenv
+
+    if env_file:
+        if not os.path.isfile(env_file):
+            raise SettingsError("--env-file", f"file not found: {env_file}")
+        load_dotenv(env_file, override=False)
+        return
+    path = os.path.join(cwd or os.getcwd(), ".env")
+    if os.path.isfile(path):
+        load_dotenv(path, override=False)
