@@ -51,12 +51,14 @@ class Accounting:
 
     def __init__(self, settings, storage: Storage, *, max_pending: int = MAX_PENDING,
                  batch_size: int = BATCH_SIZE, flush_interval: float = FLUSH_INTERVAL,
-                 printer: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 max_retry_wait: float = MAX_RETRY_WAIT, printer: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.storage = storage
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.max_retry_wait = max_retry_wait
         self.report_interval = float(getattr(settings, "report_interval", 0) or 0)
         self._print = printer or (lambda text: print(text, flush=True))
         self._clock = clock
@@ -163,7 +165,7 @@ class Accounting:
                 wait = self.flush_interval
             else:
                 # Back off while the storage is down; the buffer keeps the records meanwhile.
-                wait = min(MAX_RETRY_WAIT, max(wait * 2, self.flush_interval))
+                wait = min(self.max_retry_wait, max(wait * 2, self.flush_interval))
 
     # --- the report ------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 
-from app.logs import log_access
+from app.logs import log_access_record
 from app.records import RequestRecord
 
 log = logging.getLogger("nexus")
@@ -23,9 +23,7 @@ class Recorder:
             self.accounting.record(rec)
             self.telemetry.submit(rec)
             self.slack.submit(rec, self.credentials.slack_override_for(rec.domain))
-            log_access(rec.method, rec.path, rec.status, rec.duration_ms, rec.domain, rec.request_id,
-                       model=rec.model_used or rec.model_requested, input_tokens=rec.input_tokens,
-                       output_tokens=rec.output_tokens, stream=rec.stream, error_type=rec.error_type)
+            log_access_record(rec)
         except Exception:  # accounting must never break a request
             log.exception("recording request %s failed", rec.request_id)
 

@@ -207,7 +207,7 @@ _ROW_AGGREGATES = (
     " COUNT(*), SUM(CASE WHEN request_type = 'inference' THEN 0 ELSE 1 END),"
     " SUM(CASE WHEN request_type = 'inference' THEN 1 ELSE 0 END), SUM(tool_calls),"
     " SUM(CASE WHEN error_type IS NOT NULL OR status >= 400 THEN 1 ELSE 0 END),"
-    " MAX(CAST(ts * 1000 + duration_ms AS BIGINT))"
+    " MAX(ts * 1000 + duration_ms)"  # float: truncated in Python, the same on both backends
 )
 _COUNTER_AGGREGATES = (
     "SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens),"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+from json.encoder import encode_basestring as _json_string
+from json.encoder import encode_basestring_ascii as _json_string_ascii
 from typing import Any, Sequence
 
 from app.errors import error_type_for_status, sse_error_event
@@ -37,9 +39,28 @@ _OPENAI_ERROR_TYPES = {
 }
 
 
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ascii_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def format_sse(event: str, data: dict) -> bytes:
     """`event: <event>\\ndata: <compact json>\\n\\n`."""
-    return b"event: " + event.encode() + b"\ndata: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    try:
+        return f"event: {event}\ndata: {_compact_json(data)}\n\n".encode()
+    except UnicodeEncodeError:  # a lone surrogate from the upstream: escape it instead of failing
+        return f"event: {event}\ndata: {_ascii_json(data)}\n\n".encode()
+
+
+def _delta_event(index: int, kind: str, field: str, fragment: str) -> bytes:
+    """content_block_delta without a generic encoder: the hot path of every stream."""
+    try:
+        text = _json_string(fragment).encode()
+    except UnicodeEncodeError:
+        text = _json_string_ascii(fragment).encode()
+    return (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%s","%s":%s}}\n\n'
+        % (index, kind.encode(), field.encode(), text)
+    )
 
 
 PING = format_sse("ping", {"type": "ping"})
@@ -367,17 +388,16 @@ class StreamTranslator:
             return
         self._chars += len(fragment)
         if key == _TEXT:
-            delta: dict[str, str] = {"type": "text_delta", "text": fragment}
+            out.append(_delta_event(self._index, "text_delta", "text", fragment))
             if self._text_len < TEXT_CAP:
                 piece = fragment[: TEXT_CAP - self._text_len]
                 self._text.append(piece)
                 self._text_len += len(piece)
         elif key == _THINKING:
-            delta = {"type": "thinking_delta", "thinking": fragment}
+            out.append(_delta_event(self._index, "thinking_delta", "thinking", fragment))
         else:
             self._tools[key].args.append(fragment)
-            delta = {"type": "input_json_delta", "partial_json": fragment}
-        out.append(format_sse("content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}))
+            out.append(_delta_event(self._index, "input_json_delta", "partial_json", fragment))
 
     def _close(self, out: list[bytes]) -> None:
         key = self._open

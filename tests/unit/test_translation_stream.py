@@ -437,7 +437,7 @@ class _SSEServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -503,3 +503,10 @@ def test_sdk_raises_the_mid_stream_error():
     raw = tr.start() + tr.feed(delta(content="partial")) + tr.feed({"error": {"message": "upstream exploded", "code": 502}})
     with pytest.raises(anthropic.APIStatusError, match="upstream exploded"):
         sdk_final_message(raw)
+
+
+def test_lone_surrogate_and_unicode_in_text_do_not_break_the_stream():
+    _, raw = run([delta(content="héllo ☃ "), delta(content="bad \ud800 char"), finish("stop")])
+    (block,) = check_well_formed(parse(raw))
+    assert block["text"] == "héllo ☃ bad \ud800 char"
+    assert "héllo ☃".encode() in raw  # plain UTF-8 when possible, escapes only for the surrogate

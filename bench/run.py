@@ -1,0 +1,555 @@
+"""Benchmark: what the proxy adds over calling the upstream directly, side by side in one run.
+
+    python -m bench.run                       # full run (~3 min on 2 cores), writes bench/results.md
+    python -m bench.run --smoke               # a few seconds, tiny counts; exit 1 if any request failed
+    python -m bench.run --database-url postgresql://postgres@127.0.0.1:5432/test   # accounting in PostgreSQL
+
+For every case it alternates batches sent straight to the fake upstream ("direct") and through the proxy
+("proxy"), so machine drift hits both. The proxy runs as users run it: `python -m gunicorn -c
+config/gunicorn.conf.py wsgi:app`, gevent workers, DEBUG off, accounting on. See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import payloads, procstat
+from tests.fakes.server import REPO_ROOT, FakeUpstream, ProxyServer
+
+CLIENT_HEADERS = {  # what Claude Code 2.1 sends (fixtures/claude-code-2.1.197/headers.json), minus compression
+    "accept": "application/json",
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27",
+    "user-agent": "claude-cli/2.1.197 (external, sdk-cli)",
+    "x-app": "cli",
+    "x-api-key": "sk-ant-api03-bench-client",
+    "accept-encoding": "identity",
+}
+OPENAI_HEADERS = {"accept": "application/json", "authorization": "Bearer test-key"}
+ANTHROPIC_HEADERS = {"accept": "application/json", "anthropic-version": "2023-06-01",
+                     "x-api-key": "sk-ant-api03-bench"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One proxy instance: its upstream base URL carries the fake's answer shape."""
+    name: str
+    chunks: int
+    first_byte_ms: int
+    gap_ms: int
+
+    @property
+    def prefix(self) -> str:
+        return "/bench/%d/%d/%d" % (self.chunks, self.first_byte_ms, self.gap_ms)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    size: str  # "small" (~2 KB) or "large" (~200 KB)
+    stream: bool
+    concurrency: int
+    requests: int  # per side, over all rounds
+    group: Group
+    rss_per_stream: bool = False  # one round on a fresh proxy; report extra RSS per open stream
+
+
+FAST = Group("fast", 10, 0, 0)
+PACED = Group("paced", 40, 0, 50)
+SMOKE = Group("smoke", 5, 0, 10)
+
+FULL_CASES = [
+    Case("json 2KB c=1", "small", False, 1, 600, FAST),
+    Case("json 2KB c=32", "small", False, 32, 4800, FAST),
+    Case("json 200KB c=1", "large", False, 1, 150, FAST),
+    Case("stream 2KB c=1", "small", True, 1, 300, FAST),
+    Case("stream 2KB c=32", "small", True, 32, 2400, FAST),
+    Case("stream 200KB c=1", "large", True, 1, 150, FAST),
+    Case("stream 2KB c=1000, 50ms gaps", "small", True, 1000, 1000, PACED, rss_per_stream=True),
+    Case("stream 2KB c=1, 50ms gaps", "small", True, 1, 6, PACED),
+    Case("stream 2KB c=32, 50ms gaps", "small", True, 32, 96, PACED),
+]
+SMOKE_CASES = [
+    Case("json 2KB c=1", "small", False, 1, 20, SMOKE),
+    Case("json 2KB c=8", "small", False, 8, 64, SMOKE),
+    Case("json 200KB c=1", "large", False, 1, 6, SMOKE),
+    Case("stream 2KB c=1, 10ms gaps", "small", True, 1, 4, SMOKE),
+    Case("stream 200KB c=1, 10ms gaps", "large", True, 1, 2, SMOKE),
+    Case("stream 2KB c=50, 10ms gaps", "small", True, 50, 50, SMOKE, rss_per_stream=True),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver process
+
+
+class Driver:
+    """A `python -m bench.driver` subprocess that runs jobs sent as JSON lines."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                                          os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.driver"], cwd=str(REPO_ROOT), env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            raise RuntimeError("bench driver did not start: %r" % line)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def run(self, job: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("bench driver exited")
+        result = json.loads(line)
+        if "fatal" in result:
+            raise RuntimeError("bench driver failed: %s" % result["fatal"])
+        return result
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics and formatting
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear interpolation; None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def _ms(v: float | None, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    ms = v * 1000.0
+    return ("%.*f" % (digits if abs(ms) < 100 else 0, ms))
+
+
+def _signed_ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return "%+.2f" % (v * 1000.0)
+
+
+@dataclasses.dataclass
+class Side:
+    """Measurements of one side (direct or proxy) of one case, merged over rounds."""
+    n: int = 0
+    errors: int = 0
+    error_samples: list[str] = dataclasses.field(default_factory=list)
+    wall: float = 0.0
+    lat: list[float] = dataclasses.field(default_factory=list)
+    ttfb: list[float] = dataclasses.field(default_factory=list)
+    gaps: list[float] = dataclasses.field(default_factory=list)
+    cpu: float = 0.0  # of the measured server (proxy tree, or the fake on the direct side)
+    driver_cpu: float = 0.0
+    sent: int = 0
+    rss_peak_kb: int = 0
+    rss_base_kb: int = 0
+    hwm_kb: int = 0
+
+    def add(self, result: dict, sent: int) -> None:
+        self.n += result["n"]
+        self.errors += result["errors"]
+        self.error_samples += result["error_samples"][: max(0, 5 - len(self.error_samples))]
+        self.wall += result["wall"]
+        self.lat += result["lat"]
+        self.ttfb += result["ttfb"]
+        self.gaps += result["gaps"]
+        self.sent += sent
+
+
+@dataclasses.dataclass
+class Row:
+    mode: str
+    case: Case
+    side: str
+    data: Side
+
+
+def _row_cells(row: Row, other: Row | None) -> list[str]:
+    d, case = row.data, row.case
+    rps = d.n / d.wall if d.wall else 0.0
+    gap = "-"
+    if case.stream and case.group.gap_ms and d.gaps:
+        target = case.group.gap_ms / 1000.0
+        errs = [abs(g - target) for g in d.gaps]
+        gap = "%s / %s" % (_ms(pct(errs, 50)), _ms(pct(errs, 99)))
+    cpu = "%.3f" % (d.cpu * 1000.0 / d.sent) if d.sent else "-"
+    rss = "%.0f" % (d.hwm_kb / 1024.0) if d.hwm_kb else "-"
+    if case.rss_per_stream and d.rss_peak_kb:
+        rss += " (+%.0f KB/stream)" % ((d.rss_peak_kb - d.rss_base_kb) / max(1, case.concurrency))
+    added = added_ttfb = "-"
+    if row.side == "proxy" and other is not None and other.data.lat and d.lat:
+        added = _signed_ms(pct(d.lat, 50) - pct(other.data.lat, 50))  # type: ignore[operator]
+        if case.stream:
+            added_ttfb = _signed_ms(pct(d.ttfb, 50) - pct(other.data.ttfb, 50))  # type: ignore[operator]
+    return [row.mode, case.name, row.side, str(d.n), str(d.errors), "%.0f" % rps,
+            _ms(pct(d.lat, 50)), _ms(pct(d.lat, 90)), _ms(pct(d.lat, 99)),
+            _ms(pct(d.ttfb, 50)) if case.stream else "-", _ms(pct(d.ttfb, 99)) if case.stream else "-",
+            gap, cpu, rss, added, added_ttfb]
+
+
+HEADER = ["mode", "case", "side", "ok", "err", "req/s", "p50 ms", "p90 ms", "p99 ms", "TTFB p50", "TTFB p99",
+          "gap err p50 / p99 ms", "CPU ms/req", "peak RSS MB", "added p50 ms", "added TTFB ms"]
+
+
+def render_table(rows: list[Row]) -> str:
+    index = {(r.mode, r.case.name, r.side): r for r in rows}
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+    for r in rows:
+        other = index.get((r.mode, r.case.name, "direct" if r.side == "proxy" else "proxy"))
+        lines.append("| " + " | ".join(_row_cells(r, other)) + " |")
+    return "\n".join(lines)
+
+
+def check_targets(rows: list[Row]) -> list[str]:
+    """The issue's targets, judged on this run's medians."""
+    index = {(r.mode, r.case.name, r.side): r.data for r in rows}
+    out: list[str] = []
+
+    def both(mode: str, name: str) -> tuple[Side, Side] | None:
+        d, p = index.get((mode, name, "direct")), index.get((mode, name, "proxy"))
+        return (d, p) if d and p and d.lat and p.lat else None
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    for mode in sorted({r.mode for r in rows}):
+        pair = both(mode, "json 2KB c=1")
+        if pair:
+            added = pct(pair[1].lat, 50) - pct(pair[0].lat, 50)  # type: ignore[operator]
+            out.append("%s: added latency, JSON 2KB c=1: %.2f ms (target <= 2 ms) %s"
+                       % (mode, added * 1000, verdict(added <= 0.002)))
+        pair = both(mode, "stream 2KB c=1")
+        if pair:
+            added = pct(pair[1].ttfb, 50) - pct(pair[0].ttfb, 50)  # type: ignore[operator]
+            out.append("%s: added TTFB, stream 2KB c=1: %.2f ms (target <= 2 ms) %s"
+                       % (mode, added * 1000, verdict(added <= 0.002)))
+        pair = both(mode, "stream 2KB c=1, 50ms gaps")
+        if pair and pair[1].gaps:
+            errs = [abs(g - 0.05) for g in pair[1].gaps]
+            med = pct(errs, 50) or 0.0
+            out.append("%s: chunk gaps seen through the proxy vs upstream's 50 ms: median error %.2f ms, "
+                       "p99 %.2f ms (target within 1 ms) %s"
+                       % (mode, med * 1000, (pct(errs, 99) or 0) * 1000, verdict(med <= 0.001)))
+        p = index.get((mode, "json 2KB c=32", "proxy"))
+        if p and p.sent:
+            cpu = p.cpu / p.sent
+            out.append("%s: proxy CPU per small JSON request (c=32): %.3f ms (target <= 1.5 ms, i.e. %d req/s "
+                       "per core) %s" % (mode, cpu * 1000, 1 / cpu if cpu else 0, verdict(cpu <= 0.0015)))
+        p = index.get((mode, "stream 2KB c=1000, 50ms gaps", "proxy"))
+        if p and p.sent:
+            per = (p.rss_peak_kb - p.rss_base_kb) / 1000.0
+            out.append("%s: 1,000 concurrent streams on one worker: %d errors, +%.0f KB RSS per open stream "
+                       "(target 0 errors, <= 64 KB) %s" % (mode, p.errors, per,
+                                                           verdict(p.errors == 0 and per <= 64)))
+        if mode == "translation":
+            pair = both(mode, "json 200KB c=1")
+            if pair:
+                added = pct(pair[1].lat, 50) - pct(pair[0].lat, 50)  # type: ignore[operator]
+                out.append("%s: added latency, 200KB conversation (JSON c=1): %.2f ms (target <= 10 ms) %s"
+                           % (mode, added * 1000, verdict(added <= 0.010)))
+    return out
+
+
+def machine_info() -> str:
+    model = platform.processor() or "unknown cpu"
+    mem = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            mem = ", %.1f GiB RAM" % (int(f.readline().split()[1]) / 1024 / 1024)
+    except OSError:
+        pass
+    return "%s, %d cores%s, Linux %s, Python %s" % (model, os.cpu_count() or 0, mem, platform.release(),
+                                                   platform.python_version())
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(REPO_ROOT), capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "uncommitted"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+# Running cases
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, log: Callable[[str], None]) -> None:
+        self.args = args
+        self.log = log
+        self.tmp = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
+        self.bodies: dict[tuple[str, str, bool], str] = {}
+        for size in ("small", "large"):
+            for stream in (False, True):
+                body = payloads.small_request(stream) if size == "small" else payloads.long_conversation(stream)
+                for api, data in (("anthropic", body), ("openai", payloads.to_openai(body))):
+                    path = self.tmp / ("%s-%s-%s.json" % (api, size, "stream" if stream else "json"))
+                    path.write_bytes(payloads.encode(data))
+                    self.bodies[(api, size, stream)] = str(path)
+        self.rows: list[Row] = []
+
+    def _job(self, port: int, path: str, headers: dict, api: str, case: Case, requests: int) -> dict:
+        return {"host": "127.0.0.1", "port": port, "path": path, "headers": headers,
+                "body_file": self.bodies[(api, case.size, case.stream)], "concurrency": case.concurrency,
+                "requests": requests, "stream": case.stream, "expect_deltas": case.group.chunks,
+                "timeout": 120}
+
+    def jobs(self, mode: str, case: Case, fake: FakeUpstream, proxy_port: int | None,
+             requests: int) -> tuple[dict, dict | None]:
+        prefix = case.group.prefix
+        if mode == "translation":
+            direct = self._job(fake.port, prefix + "/chat/completions", OPENAI_HEADERS, "openai", case, requests)
+        else:
+            direct = self._job(fake.port, prefix + "/v1/messages", ANTHROPIC_HEADERS, "anthropic", case,
+                               requests)
+        proxied = None
+        if proxy_port is not None:
+            proxied = self._job(proxy_port, "/v1/messages", CLIENT_HEADERS, "anthropic", case, requests)
+        return direct, proxied
+
+    def measure(self, driver: Driver, job: dict, side: Side, pids: list[int], sample_rss: bool) -> None:
+        cpu0 = procstat.tree_cpu(pids)
+        dcpu0 = procstat.cpu_seconds(driver.pid)
+        if sample_rss:
+            side.rss_base_kb = procstat.rss_kb(pids)
+            with procstat.RssSampler(pids) as sampler:
+                result = driver.run(job)
+            side.rss_peak_kb = sampler.peak
+        else:
+            result = driver.run(job)
+        side.cpu += procstat.tree_cpu(pids) - cpu0
+        side.driver_cpu += procstat.cpu_seconds(driver.pid) - dcpu0
+        side.add(result, job["requests"])
+        side.hwm_kb = procstat.hwm_kb(pids)
+
+    def warm_up(self, mode: str, group: Group, cases: list[Case], fake: FakeUpstream, proxy_port: int | None,
+                driver: Driver) -> None:
+        seen = set()
+        for case in cases:
+            key = (case.size, case.stream)
+            if key in seen:
+                continue
+            seen.add(key)
+            warm = dataclasses.replace(case, concurrency=min(4, case.concurrency))
+            n = 3 if case.stream or case.size == "large" else 30
+            if self.args.smoke:
+                n = 2
+            for job in self.jobs(mode, warm, fake, proxy_port, n):
+                if job is not None:
+                    driver.run(job)
+
+    def run_case(self, mode: str, case: Case, fake: FakeUpstream, proxy: ProxyServer | None,
+                 driver: Driver) -> None:
+        rounds = 1 if case.rss_per_stream else max(1, self.args.rounds)
+        per_round = max(1, case.requests // rounds)
+        direct, proxied = Side(), Side()
+        fake_pids = [fake.pid]
+        proxy_pids = procstat.tree(proxy.pid) if proxy else []
+        for r in range(rounds):
+            d_job, p_job = self.jobs(mode, case, fake, proxy.port if proxy else None, per_round)
+            order = [("direct", d_job, direct, fake_pids), ("proxy", p_job, proxied, proxy_pids)]
+            if r % 2:
+                order.reverse()  # alternate who goes first, so drift hits both sides
+            for _name, job, side, pids in order:
+                if job is not None:
+                    self.measure(driver, job, side, pids, case.rss_per_stream)
+        self.rows.append(Row(mode, case, "direct", direct))
+        if proxy is not None:
+            self.rows.append(Row(mode, case, "proxy", proxied))
+        for name, side in (("direct", direct), ("proxy", proxied)):
+            if side.errors:
+                self.log("  %s %s %s: %d errors, e.g. %s" % (mode, case.name, name, side.errors,
+                                                               side.error_samples[:2]))
+        self.log("  %-32s direct p50 %s ms, proxy p50 %s ms" % (case.name, _ms(pct(direct.lat, 50)),
+                                                                _ms(pct(proxied.lat, 50))))
+
+
+def proxy_env(mode: str, upstream: str, database_url: str | None) -> dict:
+    env = {"PROXY_MODE": mode, "DEBUG": "false", "LOG_LEVEL": "WARNING"}
+    if mode == "translation":
+        env.update(ANTHROPIC_PROXY_BASE_URL=upstream, CLAUDE_CODE_PROXY_API_KEY="test-key")
+    else:
+        env.update(CLAUDE_API_BASE_URL=upstream, CLAUDE_API_KEY="sk-ant-api03-bench")
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
+class FreshDatabase:
+    """A new PostgreSQL database on the server of `url`, dropped afterwards."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.admin_url = url
+        self.name = "nexus_bench_%d_%d" % (os.getpid(), int(time.time()))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute('CREATE DATABASE "%s"' % self.name)
+        parts = urllib.parse.urlsplit(url)
+        self.url = urllib.parse.urlunsplit(parts._replace(path="/" + self.name))
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the proxy against a fake upstream, side by side.")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds with tiny counts (CI)")
+    parser.add_argument("--out", default=None, help="markdown file to write (default bench/results.md; "
+                                                    "none in --smoke unless given)")
+    parser.add_argument("--json", default=None, help="also write raw numbers as JSON here")
+    parser.add_argument("--modes", default="translation,passthrough")
+    parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating direct/proxy batches per case")
+    parser.add_argument("--workers", type=int, default=1, help="WEB_CONCURRENCY for the proxy")
+    parser.add_argument("--database-url", default=None,
+                        help="run the proxy with DATABASE_URL on a fresh database created on this server")
+    parser.add_argument("--direct-only", action="store_true", help="measure the fake upstream alone")
+    parser.add_argument("--proxy-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the proxy (repeatable)")
+    args = parser.parse_args(argv)
+    out = args.out if args.out is not None else (None if args.smoke else str(REPO_ROOT / "bench" / "results.md"))
+
+    def log(msg: str) -> None:
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+    cases = SMOKE_CASES if args.smoke else FULL_CASES
+    if args.only:
+        cases = [c for c in cases if args.only in c.name]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    extra_env = dict(item.split("=", 1) for item in args.proxy_env)
+    bench = Bench(args, log)
+    started = time.monotonic()
+    database = FreshDatabase(args.database_url) if args.database_url else None
+    fake = FakeUpstream().start()
+    driver = Driver()
+    try:
+        for mode in modes:
+            groups: list[tuple[Group, list[Case]]] = []
+            for case in cases:
+                # a case measuring RSS per stream gets a fresh proxy of its own, run first
+                key = (case.group, case.rss_per_stream)
+                if not groups or groups[-1][0] != key:
+                    groups.append((key, []))  # type: ignore[arg-type]
+                groups[-1][1].append(case)
+            for (group, _fresh), group_cases in groups:  # type: ignore[misc]
+                log("%s: %s (upstream %s%s)" % (mode, ", ".join(c.name for c in group_cases), fake.url,
+                                                group.prefix))
+                proxy = None
+                if not args.direct_only:
+                    env = proxy_env(mode, fake.url + group.prefix, database.url if database else None)
+                    env.update(extra_env)
+                    proxy = ProxyServer(env, workers=args.workers).start()
+                try:
+                    if not any(c.rss_per_stream for c in group_cases):
+                        bench.warm_up(mode, group, group_cases, fake, proxy.port if proxy else None, driver)
+                    for case in group_cases:
+                        bench.run_case(mode, case, fake, proxy, driver)
+                finally:
+                    if proxy is not None:
+                        proxy.stop()
+    finally:
+        driver.close()
+        fake.stop()
+        if database is not None:
+            database.drop()
+
+    elapsed = time.monotonic() - started
+    rows = bench.rows
+    table = render_table(rows)
+    targets = check_targets(rows)
+    total_driver_cpu = sum(r.data.driver_cpu for r in rows)
+    total_sent = sum(r.data.sent for r in rows)
+    direct_fast = [r for r in rows if r.side == "direct" and r.case.name.startswith("json 2KB c=") and
+                   r.case.concurrency > 1]
+    notes = [
+        "- Direct rows call the fake upstream straight (OpenAI-compatible body in translation mode, the same "
+        "Anthropic body in passthrough); their CPU and RSS columns are the fake upstream's. Proxy rows: the "
+        "gunicorn master + worker(s).",
+        "- Latency is to the last byte; TTFB is to the first content delta (the first token the user sees). "
+        "Gap error: |gap between consecutive deltas at the client - the upstream's configured gap|.",
+        "- Load driver (raw sockets, keep-alive, gevent): %.3f ms CPU per request on average."
+        % (total_driver_cpu * 1000.0 / total_sent if total_sent else 0.0),
+    ]
+    for r in direct_fast:
+        d = r.data
+        notes.append("- Fake upstream alone (%s, %s): %.0f req/s at %.3f ms CPU/req, so it is not the bottleneck."
+                     % (r.mode, r.case.name, d.n / d.wall if d.wall else 0, d.cpu * 1000.0 / d.sent if d.sent else 0))
+    accounting = "PostgreSQL (--database-url)" if args.database_url else "SQLite (default USAGE_DB_PATH)"
+    header = [
+        "# Benchmark results" + (" (smoke)" if args.smoke else ""),
+        "",
+        "- Date: %s" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "- Machine: %s" % machine_info(),
+        "- Revision: %s" % git_revision(),
+        "- Command: `python -m bench.run %s`" % " ".join(argv if argv is not None else sys.argv[1:]),
+        "- Proxy: `python -m gunicorn -c config/gunicorn.conf.py wsgi:app`, WEB_CONCURRENCY=%d, DEBUG off, "
+        "accounting %s" % (args.workers, accounting),
+        "- Run time: %.0f s" % elapsed,
+        "",
+    ]
+    text = "\n".join(header) + "\n" + table + "\n\n## Targets\n\n" + "\n".join("- " + t for t in targets) + \
+        "\n\n## Notes\n\n" + "\n".join(notes) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)
+        log("written to %s" % out)
+    if args.json:
+        Path(args.json).write_text(json.dumps([{
+            "mode": r.mode, "case": r.case.name, "side": r.side, "n": r.data.n, "errors": r.data.errors,
+            "error_samples": r.data.error_samples, "wall": r.data.wall, "cpu": r.data.cpu, "driver_cpu": r.data.driver_cpu, "sent": r.data.sent,
+            "hwm_kb": r.data.hwm_kb, "rss_base_kb": r.data.rss_base_kb, "rss_peak_kb": r.data.rss_peak_kb,
+            "p50": pct(r.data.lat, 50), "p99": pct(r.data.lat, 99), "ttfb_p50": pct(r.data.ttfb, 50),
+        } for r in rows], indent=1))
+    errors = sum(r.data.errors for r in rows)
+    if errors:
+        log("FAILED: %d requests had errors" % errors)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
