@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "oauth-login":
         from app.oauth_login import main as oauth_main
+        from config.settings import SettingsError, load_env_files
 
+        try:
+            load_env_files(None)  # OAUTH_TOKEN_URL / OAUTH_CLIENT_ID may come from ./.env
+        except SettingsError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
         return oauth_main(argv[1:])
     args = build_parser().parse_args(argv)
     from config.settings import Settings, SettingsError, load_env_files

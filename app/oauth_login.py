@@ -136,8 +136,8 @@ def _callback_handler(state: str, results: queue.Queue):
             if not code or not hmac.compare_digest(got_state.encode(), state.encode()):
                 return self._reply(400, "This login link is not the one the command is waiting for (state "
                                         "mismatch). Start again from the URL it printed.")
-            results.put(("code", code))
             self._reply(200, "Login complete. You can close this tab and return to the terminal.")
+            results.put(("code", code))  # after the reply: the command shuts this server down next
 
         def _reply(self, status: int, text: str) -> None:
             body = text.encode()

@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             groups: list[tuple[Group, list[Case]]] = []
             for case in cases:
                 # a case measuring RSS per stream gets a fresh proxy of its own, run first
-                key = (case.group, case.rss_per_stream)
+                key = (case.group, case.rss_per_stream and not args.smoke)
                 if not groups or groups[-1][0] != key:
                     groups.append((key, []))  # type: ignore[arg-type]
                 groups[-1][1].append(case)

@@ -243,6 +243,9 @@ class TcpRelay:
                 client, _ = lst.accept()
             except OSError:
                 return
+            if self._listener is not lst:  # stopped meanwhile
+                client.close()
+                return
             upstream = socket.create_connection(self.target)
             self._socks += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
@@ -264,6 +267,11 @@ class TcpRelay:
 
     def stop(self) -> None:
         if self._listener is not None:
+            # shutdown() first: on Linux, close() alone leaves a thread blocked in accept() accepting.
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         for s in self._socks:

@@ -189,7 +189,7 @@ def test_refresh_only_within_60_seconds_of_expiry(tmp_path, expires_in_s, calls)
 
 
 @responses.activate
-def test_refresh_after_unauthorized(tmp_path, tmp_path_factory):
+def test_refresh_after_unauthorized(tmp_path):
     clock = Clock()
     path = oauth_file(tmp_path / "t.json", int(clock() * 1000) + 3_600_000)
     tokens = RotatingTokens()
@@ -475,7 +475,7 @@ def host_file(tmp_path, host: str, expires_ms: int, **kw) -> str:
 
 
 @pytest.fixture
-def fleet(tmp_path):
+def fleet():
     tokens = RotatingTokens()
     with responses.RequestsMock() as rsps:
         rsps.add_callback(responses.POST, TOKEN_URL, callback=tokens.responses_callback)

@@ -140,7 +140,8 @@ def test_since_until_select_a_time_range_from_the_request_rows(store):
 
 def test_per_model_breakdown(store):
     store.write_batch([
-        rec("a.com", model_requested="claude-haiku-4", model_used="openai/gpt-4.1-mini", input_tokens=5, output_tokens=1),
+        rec("a.com", model_requested="claude-haiku-4", model_used="openai/gpt-4.1-mini", input_tokens=5,
+            output_tokens=1),
         rec("a.com", model_requested="claude-sonnet-4", model_used="openai/gpt-4.1", input_tokens=50, tool_calls=2),
         rec("b.com", model_requested="claude-sonnet-4", model_used="openai/gpt-4.1", input_tokens=500,
             error_type="api_error", status=502, timestamp=NOW - 3600),

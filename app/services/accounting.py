@@ -100,7 +100,10 @@ class Accounting:
                 batch = self._take(MAX_WRITE)
                 try:
                     self.storage.write_batch(batch)
-                except Exception as exc:
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):  # killed mid-write (shutdown): keep the batch
+                        self._restore(batch)
+                        raise
                     if isinstance(exc, StorageDataError) or not isinstance(exc, StorageError):
                         # The store works but refused something in this batch: write the records one by
                         # one so a single bad record cannot hold the whole buffer back forever.
@@ -161,11 +164,13 @@ class Accounting:
             if not self._pending:
                 wait = self.flush_interval
                 continue
-            if self.flush():
-                wait = self.flush_interval
-            else:
-                # Back off while the storage is down; the buffer keeps the records meanwhile.
-                wait = min(self.max_retry_wait, max(wait * 2, self.flush_interval))
+            try:
+                ok = self.flush()
+            except Exception:  # pragma: no cover - flush() does not raise; the loop must outlive bugs
+                log.exception("usage flush failed")
+                ok = False
+            # Back off while the storage is down; the buffer keeps the records meanwhile.
+            wait = self.flush_interval if ok else min(self.max_retry_wait, max(wait * 2, self.flush_interval))
 
     # --- the report ------------------------------------------------------------------------
 
@@ -225,7 +230,7 @@ class Accounting:
     # --- reads -----------------------------------------------------------------------------
 
     def stats(self, since: float | None = None, until: float | None = None) -> dict:
-        """Per-domain stats including this process's latest records. Raises StorageError if down."""
+        """Per-domain stats including this process's latest records. Raises StorageError if the store is down."""
         self._flush_for_read()
         return self.storage.domain_stats(since, until)
 
@@ -235,7 +240,9 @@ class Accounting:
         return self.storage.model_stats(since, until, domain)
 
     def _flush_for_read(self) -> None:
-        if not self.flush():
+        # If the write failed but the store still answers (say, SQLite busy for too long), show what
+        # it has rather than nothing; if it is down, say so at once instead of waiting again.
+        if not self.flush() and not self._storage_healthy():
             raise StorageError(self._last_error or "usage storage unavailable")
 
     def status(self) -> dict:

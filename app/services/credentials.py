@@ -408,7 +408,7 @@ class CredentialManager:
         now = self._clock()
         if now - st.checked_at >= CHECK_INTERVAL:
             self._check_file(st, now)
-        return st.get(name) if st.secret is not None else None
+        return st.get(name)
 
     # ------------------------------------------------------------ internals: files
 
@@ -451,6 +451,10 @@ class CredentialManager:
             parse_credential(data)
         except ValueError as exc:
             self._mark_unusable(st, found=True, error=str(exc))
+            if isinstance(data, dict):
+                # client_api_key and slack still apply: dropping them would leave the domain unprotected
+                st.data = data
+                _register(data.get("client_api_key"))
             return
         self._adopt(st, data, "file", s.st_mtime)
         # the file changed: an operator's fix or another worker's refresh; try again at once

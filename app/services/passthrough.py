@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from typing import Iterator, Mapping
+from urllib.parse import quote
 
 from app import logs
-from app.errors import sse_error_event
+from app.errors import ProxyError, sse_error_event
 from app.exchange import Incoming, Reply
 from app.services.recording import last_user_text
 from app.services.relay import stream_failure
@@ -47,6 +48,23 @@ def forward_headers(client_headers: Mapping[str, str], credential) -> dict[str, 
     return headers
 
 
+# What stays literal when the client's (percent-decoded) path is encoded again for the upstream.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def upstream_path(path: str) -> str:
+    """The client's decoded path as sent upstream: percent-encoded again, never leaving the API's tree.
+
+    Dot segments (`..`, also spelled `%2e%2e` or `..%2F`) are refused: the HTTP client resolves them, so
+    `/v1/..%2F..%2Fapi/...` would reach endpoints outside `/v1/` with the operator's credential.
+    """
+    if path in _ACCOUNTED_PATHS:
+        return path
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ProxyError(404, f"Not found: {path[:200]}", "not_found_error")
+    return quote(path, safe=_PATH_SAFE)
+
+
 def response_headers(upstream_headers) -> list[tuple[str, str]]:
     return [(k, v) for k, v in upstream_headers.items() if k.lower() not in _RESPONSE_DROP]
 
@@ -71,7 +89,7 @@ class Passthrough:
         credential = self.credentials.resolve(inc.host, client_headers)
         rec.api_key_masked = credential.masked
         rec.auth_type = credential.kind
-        url = self.base + inc.path + (("?" + inc.query_string) if inc.query_string else "")
+        url = self.base + upstream_path(inc.path) + (("?" + inc.query_string) if inc.query_string else "")
         body = inc.body if inc.method not in ("GET", "HEAD") else None
         headers = forward_headers(client_headers, credential)
         logs.debug_outgoing(rec.request_id, url, headers, inc.body, "OAuth" if credential.kind == "oauth" else "API Key")

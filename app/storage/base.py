@@ -103,24 +103,16 @@ COUNTER_COLUMNS = (
 )
 
 
-def model_of(rec: RequestRecord) -> str:
-    return _text(rec.model_used or rec.model_requested) or "unknown"
-
-
-def end_ms(rec: RequestRecord) -> int:
-    """When the request finished, in ms epoch: the product's lastUpdated."""
-    start = _number(rec.timestamp) or time.time()
-    return int(start * 1000 + _number(rec.duration_ms))
-
-
 _MAX_COUNT = 10**12  # sums stay far inside BIGINT whatever an upstream claims
 _MAX_TEXT = 512
 
 
 def _count(value) -> int:
+    if type(value) is int and 0 <= value <= _MAX_COUNT:  # the usual case, cheaply
+        return value
     try:
         n = int(value or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
     return 0 if n < 0 else min(n, _MAX_COUNT)
 
@@ -129,10 +121,12 @@ def _text(value) -> str | None:
     # PostgreSQL text cannot hold NUL; nothing here needs to be long.
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
+    text = value if type(value) is str else str(value)
+    if len(text) > _MAX_TEXT:
+        text = text[:_MAX_TEXT]
     if "\x00" in text:
         text = text.replace("\x00", "")
-    return text[:_MAX_TEXT]
+    return text
 
 
 def _number(value) -> float:
@@ -147,7 +141,7 @@ def request_row(rec: RequestRecord) -> tuple:
     ts = _number(rec.timestamp) or time.time()
     return (
         ts, _text(rec.request_id), _text(rec.domain) or "unknown", _text(rec.mode), _text(rec.method),
-        _text(rec.path), _text(rec.model_requested), _text(rec.model_used), _text(rec.request_type),
+        _text(rec.path), _text(rec.model_requested) or None, _text(rec.model_used) or None, _text(rec.request_type),
         bool(rec.stream), _count(rec.input_tokens), _count(rec.output_tokens),
         _count(rec.cache_creation_input_tokens), _count(rec.cache_read_input_tokens), _count(rec.tool_calls),
         _status(rec.status), _number(rec.duration_ms), _text(rec.error_type),
@@ -159,24 +153,17 @@ def _status(value) -> int:
     return n if n < 1000 else 0
 
 
-def _failed(rec: RequestRecord) -> bool:
-    return rec.error_type is not None or _status(rec.status) >= 400
-
-
-def aggregate(records: Sequence[RequestRecord]) -> tuple[dict[str, list], dict[tuple[str, str], list]]:
-    """Sum a batch per domain and per (domain, model): one upsert per key instead of per record."""
+def aggregate(rows: Sequence[tuple]) -> tuple[dict[str, list], dict[tuple[str, str], list]]:
+    """Sum a batch of `request_row` tuples per domain and per (domain, model): one upsert per key, not per record."""
     by_domain: dict[str, list] = {}
     by_model: dict[tuple[str, str], list] = {}
-    for rec in records:
-        inference = rec.request_type == "inference"
-        delta = (
-            _count(rec.input_tokens), _count(rec.output_tokens), _count(rec.cache_creation_input_tokens),
-            _count(rec.cache_read_input_tokens), 1, 0 if inference else 1, 1 if inference else 0,
-            _count(rec.tool_calls), 1 if _failed(rec) else 0,
-        )
-        last = end_ms(rec)
-        domain = _text(rec.domain) or "unknown"
-        for table, key in ((by_domain, domain), (by_model, (domain, model_of(rec)))):
+    for (ts, _rid, domain, _mode, _method, _path, asked, used, rtype, _stream, inp, out, cc, cr, tools,
+         status, duration, error) in rows:
+        inference = rtype == "inference"
+        delta = (inp, out, cc, cr, 1, 0 if inference else 1, 1 if inference else 0, tools,
+                 1 if error is not None or status >= 400 else 0)
+        last = int(ts * 1000 + duration)
+        for table, key in ((by_domain, domain), (by_model, (domain, used or asked or "unknown"))):
             acc = table.get(key)
             if acc is None:
                 table[key] = [*delta, last]
@@ -189,7 +176,8 @@ def aggregate(records: Sequence[RequestRecord]) -> tuple[dict[str, list], dict[t
 
 
 def domain_dict(row: Sequence[Any]) -> dict:
-    """(input, output, cache_creation, cache_read, requests, queries, inferences, tools, errors, last_ms) -> camelCase."""
+    """(input, output, cache_creation, cache_read, requests, queries, inferences, tools, errors, last_ms)
+    -> the camelCase dict of /token-stats."""
     out = {k: int(row[i] or 0) for i, k in enumerate(DOMAIN_KEYS)}
     out["lastUpdated"] = int(row[9] or 0)
     return out

@@ -71,6 +71,11 @@ def _int4(text: str) -> int:
 
 _MODULES: tuple | None = None
 
+# Connections inherited through fork() belong to the parent. Dropping the last reference would make
+# libpq send its goodbye on the parent's socket and end the parent's session (and its locks), so the
+# child keeps them referenced and never uses them.
+_INHERITED: list = []
+
 
 def _modules():
     """(psycopg, psycopg_pool), imported on first use (see the module docstring)."""
@@ -128,8 +133,8 @@ class PostgresStorage(Storage):
         with self._guard:
             if self._pool is not None and self._pid == os.getpid():
                 return self._pool
-            # A pool inherited through fork() is abandoned, not closed: closing would end the
-            # parent's sessions on the shared sockets.
+            if self._pool is not None:
+                _INHERITED.append(self._pool)  # inherited through fork(): see _INHERITED
             pool = psycopg_pool.ConnectionPool(
                 self.url, min_size=1, max_size=self.pool_max, open=False, name="nexus",
                 kwargs={"connect_timeout": self.connect_timeout, "application_name": "claude-nexus-proxy"},
@@ -169,6 +174,12 @@ class PostgresStorage(Storage):
         if self._ns is None:
             schema = conn.execute("SELECT current_database() || '.' || COALESCE(current_schema(), '')").fetchone()[0]
             self._ns = _int4("claude-nexus-proxy:" + schema)
+        return self._ns
+
+    def _get_namespace(self) -> int:
+        if self._ns is None:
+            with self._conn() as conn:
+                self._namespace(conn)
         return self._ns
 
     def _connect_direct(self):
@@ -213,13 +224,16 @@ class PostgresStorage(Storage):
     def write_batch(self, records: Sequence[RequestRecord]) -> None:
         if not records:
             return
-        by_domain, by_model = aggregate(records)
         rows = [request_row(r) for r in records]
+        by_domain, by_model = aggregate(rows)
         # Sorted keys: two hosts upserting the same domains lock the rows in the same order (no deadlock).
         domain_rows = [(d, *by_domain[d]) for d in sorted(by_domain)]
         model_rows = [(d, m, *by_model[(d, m)]) for d, m in sorted(by_model)]
         with self._conn() as conn:
             with conn.cursor() as cur:
+                # Usage may lose its last few hundred ms if the database server itself crashes; in
+                # exchange the commit does not wait for the WAL flush (credentials keep the default).
+                cur.execute("SET LOCAL synchronous_commit = off")
                 cur.executemany(_UPSERT_DOMAIN, domain_rows)
                 cur.executemany(_UPSERT_MODEL, model_rows)
                 with cur.copy(_COPY_REQUESTS) as copy:
@@ -264,10 +278,11 @@ class PostgresStorage(Storage):
                 return True
             except Exception:
                 self._drop_leader_conn()
+        elif conn is not None:
+            _INHERITED.append(conn)  # the parent's lock, not ours
         self._leader_conn = None
         try:
-            with self._conn() as pooled:
-                ns = self._namespace(pooled)
+            ns = self._get_namespace()
             conn = self._connect_direct()
         except Exception as exc:
             log.debug("report leadership unavailable: %s", _short(exc))
@@ -330,8 +345,7 @@ class PostgresStorage(Storage):
             raise StorageError("timed out waiting for the credential lock")
         try:
             try:
-                with self._conn() as pooled:
-                    ns = _int4("claude-nexus-proxy:cred:" + str(self._namespace(pooled)))
+                ns = _int4("claude-nexus-proxy:cred:" + str(self._get_namespace()))
                 conn = self._connect_direct()
             except psycopg.Error as exc:
                 raise StorageError(f"PostgreSQL unreachable: {_short(exc)}") from exc

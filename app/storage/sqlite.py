@@ -20,6 +20,8 @@ log = logging.getLogger("nexus.storage")
 # A worker blocks (sqlite waits in C) at most this long for another worker's write; writes are sub-ms.
 BUSY_TIMEOUT_MS = 5000
 
+_INHERITED: list = []
+
 _COUNTERS_DDL = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in COUNTER_COLUMNS)
 
 # Index i holds the statements that take the schema from version i to i + 1.
@@ -78,6 +80,8 @@ class SqliteStorage(Storage):
         # A connection inherited through fork() must not be used by the child: open a new one.
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
+        if self._conn is not None:
+            _INHERITED.append(self._conn)  # the parent's, through fork(): never used, never closed here
         if not self._memory:
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
@@ -150,8 +154,8 @@ class SqliteStorage(Storage):
     def write_batch(self, records: Sequence[RequestRecord]) -> None:
         if not records:
             return
-        by_domain, by_model = aggregate(records)
         rows = [request_row(r) for r in records]
+        by_domain, by_model = aggregate(rows)
         with self._lock:
             try:
                 conn = self._ready()
@@ -205,8 +209,14 @@ class SqliteStorage(Storage):
         pid = os.getpid()
         if self._leader_fd is not None and self._leader_pid == pid:
             return True
-        # A lock inherited through fork belongs to the parent; this process competes on its own.
-        self._leader_fd = None
+        if self._leader_fd is not None:
+            # Inherited through fork(): the parent's lock. Closing our copy of the descriptor leaves
+            # the parent's lock alone and lets it end when the parent goes; we compete on our own.
+            try:
+                os.close(self._leader_fd)
+            except OSError:
+                pass
+            self._leader_fd = None
         path = os.path.abspath(self.path) + ".report.lock"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -14,16 +14,26 @@ from __future__ import annotations
 from typing import Any
 
 _KEEP_FORMATS = frozenset({"date-time"})
-_KEEP_DOLLAR = frozenset({"$ref", "$defs"})
-_DROP = frozenset({"propertyNames"})
 
-# Keywords whose value is one schema, a list of schemas, or a name -> schema map.
-_ONE = frozenset({
-    "items", "additionalProperties", "additionalItems", "contains", "not", "if", "then", "else",
-    "unevaluatedProperties", "unevaluatedItems", "contentSchema",
-})
-_MANY = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
-_MAP = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+# What to do with each keyword; any other key is kept as is, unless it starts with "$".
+_ONE, _MANY, _MAP, _FORMAT, _CONST, _DROP, _KEEP = range(7)
+_ACTIONS = {
+    # value is one schema (or, for draft-4 "items", a list of schemas)
+    **dict.fromkeys(
+        ("items", "additionalProperties", "additionalItems", "contains", "not", "if", "then", "else",
+         "unevaluatedProperties", "unevaluatedItems", "contentSchema"),
+        _ONE,
+    ),
+    **dict.fromkeys(("anyOf", "oneOf", "allOf", "prefixItems"), _MANY),  # a list of schemas
+    # a name -> schema map ("dependencies" values may also be arrays of names: left alone)
+    **dict.fromkeys(
+        ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"), _MAP
+    ),
+    "format": _FORMAT,
+    "const": _CONST,
+    "propertyNames": _DROP,
+    "$ref": _KEEP,
+}
 
 
 def clean_schema(schema: dict) -> dict:
@@ -39,27 +49,30 @@ def clean_schema(schema: dict) -> dict:
 def _clean(node: dict) -> dict:
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _ONE:
-            if isinstance(value, dict):
-                value = _clean(value)
-            elif isinstance(value, list):  # draft-4 tuple form of "items"
-                value = [_clean(v) if isinstance(v, dict) else v for v in value]
-        elif key in _MAP:
+        action = _ACTIONS.get(key)
+        if action is None:
+            if key[:1] != "$":  # $schema, $id, $comment, $anchor, ...: metadata
+                out[key] = value
+        elif action == _MAP:
             if isinstance(value, dict):
                 value = {k: (_clean(v) if isinstance(v, dict) else v) for k, v in value.items()}
-        elif key in _MANY:
+            out[key] = value
+        elif action == _ONE:
+            if isinstance(value, dict):
+                value = _clean(value)
+            elif isinstance(value, list):
+                value = [_clean(v) if isinstance(v, dict) else v for v in value]
+            out[key] = value
+        elif action == _MANY:
             if isinstance(value, list):
                 value = [_clean(v) if isinstance(v, dict) else v for v in value]
-        elif key == "format":
-            if not (isinstance(value, str) and value in _KEEP_FORMATS):
-                continue
-        elif key == "const":
+            out[key] = value
+        elif action == _FORMAT:
+            if isinstance(value, str) and value in _KEEP_FORMATS:
+                out[key] = value
+        elif action == _CONST:
             if "enum" not in node:
                 out["enum"] = [value]
-            continue
-        elif key in _DROP or (key[:1] == "$" and key not in _KEEP_DOLLAR):
-            continue
-        elif key == "dependencies" and isinstance(value, dict):
-            value = {k: (_clean(v) if isinstance(v, dict) else v) for k, v in value.items()}
-        out[key] = value
+        elif action == _KEEP:
+            out[key] = value
     return out

@@ -139,6 +139,7 @@ class StreamTranslator:
         self._matched_stop: Any = None
         self._usage: dict | None = None
         self._stop_reason: str | None = None
+        self._error: tuple[str, str] | None = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -219,9 +220,8 @@ class StreamTranslator:
         usage: dict[str, int] = {"output_tokens": self.output_tokens}
         if self._usage_reported:
             usage["input_tokens"] = self.input_tokens
-            cached = self.cache_read_input_tokens
-            if cached is not None:
-                usage["cache_read_input_tokens"] = cached
+            if cached_tokens(self._usage) is not None:
+                usage["cache_read_input_tokens"] = self.cache_read_input_tokens
         out.append(format_sse("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason, "stop_sequence": stop_sequence},
@@ -237,6 +237,7 @@ class StreamTranslator:
             return b""
         self._finished = True
         self._failed = True
+        self._error = (error_type, message)
         return sse_error_event(error_type, message)
 
     # -- accounting -----------------------------------------------------------------------------
@@ -250,7 +251,7 @@ class StreamTranslator:
         """Upstream prompt tokens minus cache reads when reported, else the estimate given at start."""
         if not self._usage_reported:
             return self._estimate
-        return max(self._usage["prompt_tokens"] - (self.cache_read_input_tokens or 0), 0)
+        return max(self._usage["prompt_tokens"] - self.cache_read_input_tokens, 0)
 
     @property
     def output_tokens(self) -> int:
@@ -260,8 +261,9 @@ class StreamTranslator:
         return math.ceil(self._chars / 4)
 
     @property
-    def cache_read_input_tokens(self) -> int | None:
-        return cached_tokens(self._usage) if self._usage is not None else None
+    def cache_read_input_tokens(self) -> int:
+        """Cached prompt tokens the upstream reported (0 when it reported none)."""
+        return (cached_tokens(self._usage) or 0) if self._usage is not None else 0
 
     @property
     def tool_calls(self) -> int:
@@ -277,7 +279,22 @@ class StreamTranslator:
 
     @property
     def stop_reason(self) -> str | None:
+        """Final after finish(); before it, the mapped upstream finish_reason if one came, else None."""
+        if self._stop_reason is None and self._finish_reason and not self._finished:
+            return map_stop_reason(
+                self._finish_reason, has_tool_calls=bool(self._tools),
+                matched_stop=self._matched_stop, stop_sequences=self.stop_sequences,
+            )[0]
         return self._stop_reason
+
+    @property
+    def error_type(self) -> str | None:
+        """The Anthropic error type sent in the `event: error`, if the stream failed."""
+        return self._error[0] if self._error else None
+
+    @property
+    def error_message(self) -> str | None:
+        return self._error[1] if self._error else None
 
     @property
     def failed(self) -> bool:
@@ -381,7 +398,9 @@ class StreamTranslator:
             if tool.id is None:
                 tool.id = new_tool_id()
             block = {"type": "tool_use", "id": tool.id, "name": tool.name or "", "input": {}}
-        out.append(format_sse("content_block_start", {"type": "content_block_start", "index": self._index, "content_block": block}))
+        out.append(format_sse(
+            "content_block_start", {"type": "content_block_start", "index": self._index, "content_block": block}
+        ))
 
     def _emit(self, key: str | int, fragment: str, out: list[bytes]) -> None:
         if not fragment:
@@ -405,9 +424,10 @@ class StreamTranslator:
             return
         if key == _THINKING:
             # The real API ends every thinking block with its signature; there is none here.
-            out.append(format_sse("content_block_delta", {
-                "type": "content_block_delta", "index": self._index, "delta": {"type": "signature_delta", "signature": ""},
-            }))
+            signature = {"type": "signature_delta", "signature": ""}
+            out.append(format_sse(
+                "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": signature}
+            ))
         elif isinstance(key, int):
             self._tools[key].closed = True
         out.append(format_sse("content_block_stop", {"type": "content_block_stop", "index": self._index}))

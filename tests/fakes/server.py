@@ -180,7 +180,8 @@ class ProxyServer:
     """The proxy as users run it: gunicorn with the project's config, in a subprocess.
 
     `env` adds to a clean environment (PATH, LANG, HOME=<tmp>, PYTHONPATH=<repo>) with defaults PORT=<free>,
-    HOST=127.0.0.1, WEB_CONCURRENCY=<workers>, TOKEN_REPORT_INTERVAL=0, USAGE_DB_PATH=<tmp>/usage.sqlite3.
+    HOST=127.0.0.1, WEB_CONCURRENCY=<workers>, TOKEN_REPORT_INTERVAL=0, USAGE_DB_PATH=<tmp>/usage.sqlite3 and
+    NEXUS_ENV_LOADED=1 (so no `.env` file is read; pass NEXUS_ENV_LOADED="" to allow it).
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, workers: int = 1, cwd: str | os.PathLike | None = None,
@@ -206,6 +207,8 @@ class ProxyServer:
             "WEB_CONCURRENCY": str(workers),
             "TOKEN_REPORT_INTERVAL": "0",
             "USAGE_DB_PATH": str(self.tmp / "usage.sqlite3"),
+            # a developer's .env in the repo root must not leak into tests; pass NEXUS_ENV_LOADED="" to load it
+            "NEXUS_ENV_LOADED": "1",
         }
         base.update({k: str(v) for k, v in (env or {}).items()})
         self.env = base
@@ -248,7 +251,7 @@ class ProxyServer:
             return self._final_output
         return _tail(self._log, 200000)
 
-    def terminate(self, timeout: float = 30.0) -> int | None:
+    def terminate(self, timeout: float = 45.0) -> int | None:
         """SIGTERM the master, wait for it, return its exit code."""
         if self.proc is None:
             return None

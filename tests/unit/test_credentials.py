@@ -377,3 +377,12 @@ def test_loaded_secrets_are_registered_for_masking(tmp_path):
     CredentialManager(settings(domain_credential_mapping={"a.example.com": path})).validate_all()
     text = masking.mask_text(f"key {odd} and proxy-side-key-5555")
     assert odd not in text and "proxy-side-key-5555" not in text
+
+
+def test_invalid_file_keeps_its_client_api_key_in_force(tmp_path):
+    # a broken credential must not switch the domain's access control off
+    path = write(tmp_path / "t.json", {"type": "api_key", "api_key": "", "client_api_key": "team1-proxy-key-0123456789"})
+    m = CredentialManager(settings(domain_credential_mapping={"team1.example.com": path}))
+    assert m.client_api_key_for("team1.example.com") == "team1-proxy-key-0123456789"
+    with pytest.raises(ProxyError):
+        m.resolve("team1.example.com", {})

@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.translation.models import Route, route
 from app.translation.request import UnsupportedContent, anthropic_to_openai
@@ -667,3 +669,53 @@ def test_estimate_is_at_least_one():
 def test_estimate_for_claude_code_fixture_is_plausible():
     # ~83 KB of JSON, mostly text: roughly 15-25k tokens.
     assert 15000 <= estimate_input_tokens(load("messages-turn2.json")) <= 25000
+
+
+# -- property: any valid tool conversation gives an OpenAI message list upstreams accept ---------
+
+@st.composite
+def tool_conversations(draw):
+    words = st.text(alphabet="abcdefghij ", min_size=1, max_size=6).map(lambda s: "w" + s)
+    messages, texts, pending, n = [], [], [], 0
+    for turn in range(draw(st.integers(min_value=1, max_value=6))):
+        if draw(st.booleans()):
+            messages.append({"role": "system", "content": draw(words)})
+        blocks = [{"type": "tool_result", "tool_use_id": i, "content": draw(words), "is_error": draw(st.booleans())}
+                  for i in pending]
+        blocks += [{"type": "text", "text": draw(words)} for _ in range(draw(st.integers(0 if blocks else 1, 2)))]
+        blocks = draw(st.permutations(blocks))
+        messages.append({"role": "user", "content": list(blocks)})
+        texts += [b.get("text") or b.get("content") for b in blocks]
+        if draw(st.booleans()):
+            messages.append({"role": "system", "content": draw(words)})
+        pending = [f"toolu_{n + k}" for k in range(draw(st.integers(0, 3)))]
+        n += len(pending)
+        assistant = [{"type": "thinking", "thinking": "hidden", "signature": "s"}] if draw(st.booleans()) else []
+        if not pending or draw(st.booleans()):
+            assistant.append({"type": "text", "text": draw(words)})
+            texts.append(assistant[-1]["text"])
+        assistant += [{"type": "tool_use", "id": i, "name": "T", "input": {"k": i}} for i in pending]
+        messages.append({"role": "assistant", "content": assistant})
+    if pending:
+        messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": i, "content": "r"} for i in pending]})
+    return messages, texts
+
+
+@settings(max_examples=200, deadline=None)
+@given(tool_conversations())
+def test_any_tool_conversation_keeps_calls_and_results_together(case):
+    messages, texts = case
+    out = msgs(messages)
+    for p, message in enumerate(out):
+        if p:
+            assert not (message["role"] == out[p - 1]["role"] and message["role"] in ("user", "assistant"))
+        calls = message.get("tool_calls")
+        if calls:
+            following = out[p + 1:p + 1 + len(calls)]
+            assert [m["role"] for m in following] == ["tool"] * len(calls)
+            assert {m["tool_call_id"] for m in following} == {c["id"] for c in calls}
+        if message["role"] == "tool":
+            assert out[p - 1]["role"] in ("assistant", "tool")
+    dumped = json.dumps(out)
+    assert all(json.dumps(t)[1:-1] in dumped for t in texts)
+    assert "hidden" not in dumped

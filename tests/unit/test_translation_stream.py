@@ -298,7 +298,24 @@ def test_usage_on_the_finish_chunk_is_used():
 def test_without_usage_the_estimates_are_used():
     tr, raw = run([delta(content="x" * 400), finish("stop")], input_tokens=77)
     assert parse(raw)[-2][1]["usage"] == {"output_tokens": 100}
-    assert (tr.input_tokens, tr.output_tokens, tr.cache_read_input_tokens) == (77, 100, None)
+    assert (tr.input_tokens, tr.output_tokens, tr.cache_read_input_tokens) == (77, 100, 0)
+
+
+def test_usage_without_cache_details_reports_zero_cache_reads():
+    tr, raw = run([delta(content="x"), finish("stop"), usage(30, 2)])
+    assert "cache_read_input_tokens" not in parse(raw)[-2][1]["usage"]
+    assert (tr.input_tokens, tr.cache_read_input_tokens) == (30, 0)
+
+
+def test_stop_reason_is_known_as_soon_as_the_upstream_finishes():
+    tr = StreamTranslator(model="m")
+    tr.start()
+    tr.feed(delta(content="x"))
+    assert tr.stop_reason is None  # a stream cut here is incomplete
+    tr.feed(finish("length"))
+    assert tr.stop_reason == "max_tokens"
+    tr.finish()
+    assert tr.stop_reason == "max_tokens"
 
 
 def test_text_property_is_capped():
@@ -347,7 +364,7 @@ def test_error_chunk_becomes_error_event_and_ends_the_stream(error, expected_typ
     ((event, data),) = parse(raw)
     assert event == "error" and data["error"]["type"] == expected_type
     assert data["error"]["message"] == (error["message"] if isinstance(error, dict) else error)
-    assert tr.failed
+    assert tr.failed and tr.error_type == expected_type and tr.error_message == data["error"]["message"]
     assert tr.feed(delta(content="more")) == b"" and tr.finish() == b""
 
 
@@ -361,7 +378,9 @@ def test_openrouter_finish_reason_error_ends_the_stream():
 def test_error_method():
     tr = StreamTranslator(model="m")
     tr.start()
+    assert tr.error_type is None and tr.error_message is None
     raw = tr.error("overloaded_error", "upstream went away")
+    assert (tr.error_type, tr.error_message) == ("overloaded_error", "upstream went away")
     assert parse(raw) == [("error", {"type": "error", "error": {"type": "overloaded_error", "message": "upstream went away"}})]
     assert tr.failed and tr.error("api_error", "again") == b"" and tr.finish() == b""
 

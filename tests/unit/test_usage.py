@@ -150,8 +150,10 @@ def test_stream_usage_from_a_real_tool_use_stream():
 def test_stream_error_event_keeps_the_tokens_seen_so_far():
     stream = _sse(
         ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 50, "output_tokens": 1}}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "Hel"}}),
         ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
     )
     u = _feed(stream, StreamUsage())
