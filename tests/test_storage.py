@@ -290,6 +290,26 @@ sys.stdin.readline()  # hold until the test lets go
     assert me.try_report_leadership() is True
 
 
+def test_a_forked_worker_starts_fresh_and_leaves_the_parent_intact(store):
+    # gunicorn forks workers: a child must not reuse the parent's connections or inherit its lock.
+    store.write_batch([rec(input_tokens=1)])
+    assert store.try_report_leadership() is True
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            ok = store.try_report_leadership() is False
+            store.write_batch([rec(input_tokens=10)])
+            code = 0 if ok and store.domain_stats()["a.example.com"]["inputTokens"] == 11 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's connection and lock survived the child's exit.
+    assert store.domain_stats()["a.example.com"]["inputTokens"] == 11
+    assert store.try_report_leadership() is True
+
+
 # --- credentials (PostgreSQL; files on one host) ----------------------------------------------
 
 def test_sqlite_does_not_store_credentials(tmp_path):

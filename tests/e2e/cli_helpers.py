@@ -54,12 +54,15 @@ def find_claude() -> tuple[str | None, str]:
                      + INSTALL_HINT
     problems = []
     for path in candidates:
+        home = tempfile.mkdtemp(prefix="claude-version-")
         try:
             out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60,
-                                 env=base_env(tempfile.gettempdir()), stdin=subprocess.DEVNULL)
+                                 env=base_env(home), stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as exc:
             problems.append(f"{path}: {exc}")
             continue
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
         if out.returncode == 0 and "Claude Code" in out.stdout:
             return path, out.stdout.strip()
         problems.append(f"{path} --version exited {out.returncode}: {(out.stderr or out.stdout).strip()[:200]}")
