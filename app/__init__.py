@@ -25,7 +25,7 @@ class Services:
         from app.services.recording import Recorder
         from app.services.translator import Translator
         from app.services.upstream import UpstreamClient
-        from app.storage import open_storage
+        from app.storage import StorageError, open_storage
 
         self.settings = settings
         self.started_at = time.time()
@@ -34,7 +34,11 @@ class Services:
                 register_secret(secret)
         self.setup_dir = os.path.abspath(settings.client_setup_dir)
         self.storage = open_storage(settings)
-        self.storage.migrate()
+        try:
+            self.storage.migrate()
+        except StorageError as exc:
+            # An unreachable database must not stop the proxy: usage is buffered until it is back.
+            log.warning("usage store unavailable at start-up (%s); requests are served and usage is buffered", exc)
         self.accounting = Accounting(settings, self.storage)
         self.telemetry = Telemetry(settings)
         self.slack = Slack(settings)
@@ -64,7 +68,7 @@ class Services:
         for part in (self.accounting, self.telemetry, self.slack):
             try:
                 if part is self.accounting:
-                    part.stop()
+                    part.stop(final_report=False)  # the master prints the one final report
                 else:
                     part.stop(timeout)
             except Exception:

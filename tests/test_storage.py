@@ -290,8 +290,9 @@ sys.stdin.readline()  # hold until the test lets go
     assert me.try_report_leadership() is True
 
 
-def test_a_forked_worker_starts_fresh_and_leaves_the_parent_intact(store):
+def test_a_forked_worker_starts_fresh_and_leaves_the_parent_intact(open_store):
     # gunicorn forks workers: a child must not reuse the parent's connections or inherit its lock.
+    store = open_store()
     store.write_batch([rec(input_tokens=1)])
     assert store.try_report_leadership() is True
     pid = os.fork()
@@ -305,7 +306,8 @@ def test_a_forked_worker_starts_fresh_and_leaves_the_parent_intact(store):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    # The parent's connection and lock survived the child's exit.
+    # The parent's lock survived the child's exit: nobody else can take it.
+    assert open_store().try_report_leadership() is False
     assert store.domain_stats()["a.example.com"]["inputTokens"] == 11
     assert store.try_report_leadership() is True
 

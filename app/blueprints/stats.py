@@ -5,7 +5,8 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app.errors import invalid_request
+from app.errors import ProxyError, invalid_request
+from app.storage import StorageError
 
 bp = Blueprint("stats", __name__)
 
@@ -17,14 +18,16 @@ def token_stats():
     since = _time_arg("since")
     until = _time_arg("until")
     accounting = services.accounting
-    body = {
-        "status": "ok",
-        "stats": accounting.stats(since, until),
-        "timestamp": _iso(datetime.now(timezone.utc)),
-    }
+    try:
+        stats = accounting.stats(since, until)
+        models = accounting.model_stats(since, until)
+    except StorageError as exc:
+        raise ProxyError(503, f"The usage store is unavailable ({exc}); usage is buffered and will be written "
+                              "when it is back", "api_error") from None
+    body = {"status": "ok", "stats": stats, "timestamp": _iso(datetime.now(timezone.utc))}
     if since is not None or until is not None:
         body["range"] = {"since": _iso_or_none(since), "until": _iso_or_none(until)}
-    body["models"] = accounting.model_stats(since, until)
+    body["models"] = models
     return jsonify(body)
 
 

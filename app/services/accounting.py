@@ -104,7 +104,7 @@ class Accounting:
                     if not isinstance(exc, Exception):  # killed mid-write (shutdown): keep the batch
                         self._restore(batch)
                         raise
-                    if isinstance(exc, StorageDataError) or not isinstance(exc, StorageError):
+                    if isinstance(exc, StorageDataError):
                         # The store works but refused something in this batch: write the records one by
                         # one so a single bad record cannot hold the whole buffer back forever.
                         if self._write_one_by_one(batch):
@@ -129,7 +129,7 @@ class Accounting:
             try:
                 self.storage.write_batch([rec])
             except Exception as exc:
-                if isinstance(exc, StorageError) and not isinstance(exc, StorageDataError):
+                if not isinstance(exc, StorageDataError):
                     self._restore(batch[i:])
                     self._failing = True
                     self._last_error = _mask_error(exc)

@@ -8,7 +8,7 @@ from typing import Iterator, Mapping
 from urllib.parse import quote
 
 from app import logs
-from app.errors import ProxyError, sse_error_event
+from app.errors import ProxyError, error_json, error_type_for_status, sse_error_event, upstream_error_message
 from app.exchange import Incoming, Reply
 from app.services.recording import last_user_text
 from app.services.relay import stream_failure
@@ -76,6 +76,10 @@ class Passthrough:
         self.credentials = credentials
         self.recorder = recorder
         self.base = settings.anthropic_base_url.rstrip("/")
+        self._slack_global = bool(settings.slack_webhook_url and settings.slack_enabled)
+
+    def slack_for(self, domain: str) -> bool:
+        return self._slack_global or bool(self.credentials.slack_override_for(domain))
 
     def forward(self, inc: Incoming, started: float) -> Reply:
         rec = inc.record
@@ -114,19 +118,45 @@ class Passthrough:
             rec.status = 502
             return Reply(502, [("content-type", "application/json")], data, lambda: self.recorder.finish(rec, started))
         close_quietly(resp, complete=True)
-        if accounted or resp.status >= 400:
-            _account_json(rec, data, inc.path)
         logs.debug_response(rec.request_id, resp.status, resp.headers, data)
-        return Reply(resp.status, out_headers, data, lambda: self.recorder.finish(rec, started))
+        if (accounted or resp.status >= 400) and not _account_json(rec, data, inc.path):
+            # Not a JSON object (a CDN's HTML error page, a cut body): the client gets an Anthropic error
+            # it can parse, with the upstream's status (502 for a 2xx it could not use).
+            status = resp.status if resp.status >= 400 else 502
+            rec.status, rec.error_type = status, error_type_for_status(status)
+            rec.error_message = (upstream_error_message(resp.status, data) if resp.status >= 400
+                                 else "Upstream answered with a body that is not a JSON object")
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
+            out_headers.append(("content-type", "application/json"))
+            data = error_json(rec.error_type, rec.error_message)
+            status_out = status
+        else:
+            status_out = resp.status
+        return Reply(status_out, out_headers, data, lambda: self.recorder.finish(rec, started))
 
     def _relay_stream(self, resp, rec, started: float) -> Iterator[bytes]:
-        """Relay the bytes as they arrive; a copy goes through the SSE parser for the accounting."""
+        """Relay the events as they arrive; a copy goes through the SSE parser for the accounting.
+
+        Only whole events go out (an incomplete tail waits for the rest), so an upstream that stops
+        mid-event never leaves the client half an event in front of the `event: error`.
+        """
         decoder = SSEDecoder()
-        usage = StreamUsage()
+        # The answer's text is only needed for Slack; skipping it saves parsing every text delta.
+        usage = StreamUsage(collect_text=self.slack_for(rec.domain))
         completed = False
         debug = log.isEnabledFor(logging.DEBUG)
+        held = b""
         try:
             for chunk in iter_body(resp):
+                if held:
+                    chunk = held + chunk
+                    held = b""
+                if not chunk.endswith(b"\n\n"):
+                    cut = _events_end(chunk)
+                    if cut < len(chunk) and len(chunk) - cut <= MAX_HELD:
+                        chunk, held = chunk[:cut], chunk[cut:]
+                    if not chunk:
+                        continue
                 yield chunk
                 if debug:
                     logs.debug_chunk(rec.request_id, chunk)
@@ -150,6 +180,16 @@ class Passthrough:
             self.recorder.finish(rec, started)
 
 
+MAX_HELD = 1 << 20  # an "event" larger than this without a blank line is not SSE: relay it as it comes
+
+
+def _events_end(buf: bytes) -> int:
+    """Index just past the last blank line (the end of the last whole SSE event) in `buf`, else 0."""
+    ends = (buf.rfind(b"\n\n"), buf.rfind(b"\r\n\r\n"), buf.rfind(b"\r\r"))
+    return max(ends[0] + 2 if ends[0] >= 0 else 0, ends[1] + 4 if ends[1] >= 0 else 0,
+               ends[2] + 2 if ends[2] >= 0 else 0)
+
+
 def _describe(inc: Incoming, rec) -> None:
     """Model, stream flag, request type and user text, read from the body for accounting only."""
     try:
@@ -166,22 +206,22 @@ def _describe(inc: Incoming, rec) -> None:
         rec.user_text = last_user_text(body)
 
 
-def _account_json(rec, data: bytes, path: str) -> None:
+def _account_json(rec, data: bytes, path: str) -> bool:
+    """Read usage or the error from a JSON answer; False when the body is not a JSON object."""
     try:
         obj = json.loads(data)
-    except ValueError:
-        if rec.status >= 400:
-            rec.error_type = "api_error"
-        return
+    except (ValueError, RecursionError):
+        return False
     if not isinstance(obj, dict):
-        return
+        return False
     if obj.get("type") == "error" or rec.status >= 400:
         err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
         rec.error_type = err.get("type") or "api_error"
         rec.error_message = err.get("message")
-        return
+        return True
     if path == "/v1/messages":
         _apply_usage(rec, usage_from_message(obj))
+    return True
 
 
 def _apply_usage(rec, usage) -> None:

@@ -71,11 +71,6 @@ def _int4(text: str) -> int:
 
 _MODULES: tuple | None = None
 
-# Connections inherited through fork() belong to the parent. Dropping the last reference would make
-# libpq send its goodbye on the parent's socket and end the parent's session (and its locks), so the
-# child keeps them referenced and never uses them.
-_INHERITED: list = []
-
 
 def _modules():
     """(psycopg, psycopg_pool), imported on first use (see the module docstring)."""
@@ -133,8 +128,8 @@ class PostgresStorage(Storage):
         with self._guard:
             if self._pool is not None and self._pid == os.getpid():
                 return self._pool
-            if self._pool is not None:
-                _INHERITED.append(self._pool)  # inherited through fork(): see _INHERITED
+            # A pool inherited through fork() is simply dropped: psycopg does not end a parent's
+            # session when a child garbage-collects its connection objects.
             pool = psycopg_pool.ConnectionPool(
                 self.url, min_size=1, max_size=self.pool_max, open=False, name="nexus",
                 kwargs={"connect_timeout": self.connect_timeout, "application_name": "claude-nexus-proxy"},
@@ -278,9 +273,7 @@ class PostgresStorage(Storage):
                 return True
             except Exception:
                 self._drop_leader_conn()
-        elif conn is not None:
-            _INHERITED.append(conn)  # the parent's lock, not ours
-        self._leader_conn = None
+        self._leader_conn = None  # (if inherited through fork, the lock is the parent's)
         try:
             ns = self._get_namespace()
             conn = self._connect_direct()
@@ -315,7 +308,7 @@ class PostgresStorage(Storage):
         return dict(row[0]), float(row[1])
 
     def save_credential(self, key: str, data: dict) -> None:
-        psycopg, _ = _modules()
+        _modules()  # psycopg imported the right way first (see the module docstring)
         from psycopg.types.json import Jsonb
 
         with self._conn() as conn:

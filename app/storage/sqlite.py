@@ -120,7 +120,7 @@ class SqliteStorage(Storage):
         with self._lock:
             try:
                 self._migrate(self._connection())
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"SQLite migration failed: {exc}") from exc
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -173,7 +173,7 @@ class SqliteStorage(Storage):
                     raise
             except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
                 raise StorageDataError(f"SQLite refused the data: {exc}") from exc
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"SQLite write failed: {exc}") from exc
 
     # --- reads -----------------------------------------------------------------------------
@@ -182,7 +182,7 @@ class SqliteStorage(Storage):
         with self._lock:
             try:
                 return self._ready().execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"SQLite read failed: {exc}") from exc
 
     def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:

@@ -50,7 +50,7 @@ def find_claude() -> tuple[str | None, str]:
     if on_path:
         candidates.append(on_path)
     if not candidates:
-        return None, f"Claude Code CLI not found (no {PINNED_CLI.relative_to(REPO_ROOT)}, no `claude` on PATH): " \
+        return None, "Claude Code CLI not found (no tests/cli/node_modules/.bin/claude, no `claude` on PATH): " \
                      + INSTALL_HINT
     problems = []
     for path in candidates:

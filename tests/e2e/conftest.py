@@ -25,7 +25,10 @@ def start_proxy() -> Iterator[Callable[..., ProxyServer]]:
         return proxy.start()
 
     yield start
-    stoppers = [threading.Thread(target=p.stop) for p in started]
+    import time
+    def timed(p):
+        t = time.time(); p.stop(); print("STOP", p.env.get("ANTHROPIC_PROXY_BASE_URL") or p.env.get("CLAUDE_API_BASE_URL"), p.env.get("CLAUDE_CODE_PROXY_API_KEY"), time.time() - t)
+    stoppers = [threading.Thread(target=timed, args=(p,)) for p in started]
     for t in stoppers:
         t.start()
     for t in stoppers:

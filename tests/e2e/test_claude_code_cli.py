@@ -9,14 +9,15 @@ Without the CLI (`cd tests/cli && npm install`) the module skips with one reason
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.e2e.cli_helpers import (CliRun, InternetTrap, Project, doc_env, doc_json, find_claude, in_ci, run_claude,
-                                   stats_delta, substitute, token_stats, wait_for_stats)
+from tests.e2e.cli_helpers import (DOCS, REPO_ROOT, CliRun, InternetTrap, Project, doc_env, doc_json, find_claude,
+                                   in_ci, run_claude, stats_delta, substitute, token_stats, wait_for_stats)
 from tests.fakes import upstream as fake_model
 from tests.fakes.server import FakeUpstream, ProxyServer
 
@@ -34,7 +35,7 @@ UPSTREAM_MESSAGE = "Upstream exploded: capacity pool quota-7731 is exhausted"
 
 # Fields of Claude Code's requests with no place in an OpenAI body: never forwarded in translation.
 ANTHROPIC_ONLY = {"system", "thinking", "context_management", "output_config", "metadata", "top_k",
-                  "stop_sequences", "container", "mcp_servers", "service_tier", "tool_choice_anthropic"}
+                  "container", "mcp_servers", "service_tier"}
 # What Claude Code 2.1.197 sends at the top level (shared/fixtures/claude-code-2.1.197/messages-turn*.json).
 CLAUDE_CODE_FIELDS = {"model", "messages", "system", "tools", "metadata", "max_tokens", "thinking",
                       "context_management", "output_config", "stream"}
@@ -51,15 +52,17 @@ def claude() -> str:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
+def fake_server() -> Iterator[FakeUpstream]:
     """One fake upstream (OpenAI and Anthropic endpoints) for every proxy of the module."""
     with FakeUpstream() as server:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def _fresh_fake(fake: FakeUpstream) -> None:
-    fake.reset()
+@pytest.fixture
+def fake(fake_server: FakeUpstream) -> FakeUpstream:
+    """The module's fake upstream with no requests logged and nothing scripted."""
+    fake_server.reset()
+    return fake_server
 
 
 @pytest.fixture(scope="module")
@@ -73,48 +76,52 @@ def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
 
 
-def _proxy(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> ProxyServer:
+@contextlib.contextmanager
+def _proxy(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[ProxyServer]:
     # its own working directory, so a developer's .env in the repo cannot leak into the test
-    return ProxyServer(env, cwd=tmp_path_factory.mktemp("proxy-cwd"))
+    with ProxyServer(env, cwd=tmp_path_factory.mktemp("proxy-cwd")) as proxy:
+        yield proxy
+    output = proxy.output()  # kept after stop(), so a traceback while shutting down counts too
+    assert "Traceback" not in output, output[-6000:]
 
 
-def _translation_env(fake: FakeUpstream, doc_block: str, **replace: str) -> dict[str, str]:
-    return substitute(doc_env(doc_block), {"ANTHROPIC_PROXY_BASE_URL": fake.url, **replace})
+def _translation_env(fake_server: FakeUpstream, doc_block: str, **replace: str) -> dict[str, str]:
+    return substitute(doc_env(doc_block), {"ANTHROPIC_PROXY_BASE_URL": fake_server.url, **replace})
 
 
 @pytest.fixture(scope="module")
-def translation_proxy(fake, tmp_path_factory) -> Iterator[ProxyServer]:
-    env = _translation_env(fake, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
+def translation_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
+    env = _translation_env(fake_server, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
     with _proxy(tmp_path_factory, env) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
-def translation_cli_retry_proxy(fake, tmp_path_factory) -> Iterator[ProxyServer]:
+def translation_cli_retry_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
     """As translation_proxy, but the proxy does not retry: a 429 reaches the CLI, which retries."""
-    env = _translation_env(fake, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
+    env = _translation_env(fake_server, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
     with _proxy(tmp_path_factory, dict(env, UPSTREAM_MAX_RETRIES="0")) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
-def own_key_proxy(fake, tmp_path_factory) -> Iterator[ProxyServer]:
-    env = _translation_env(fake, "translation-own-key/proxy")
+def own_key_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
+    env = _translation_env(fake_server, "translation-own-key/proxy")
     assert "CLAUDE_CODE_PROXY_API_KEY" not in env
     with _proxy(tmp_path_factory, env) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
-def passthrough_proxy(fake, tmp_path_factory) -> Iterator[ProxyServer]:
+def passthrough_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
     # CLAUDE_API_BASE_URL only points the proxy at the fake instead of api.anthropic.com
-    env = dict(doc_env("passthrough/proxy"), CLAUDE_API_BASE_URL=fake.url)
+    env = dict(doc_env("passthrough/proxy"), CLAUDE_API_BASE_URL=fake_server.url)
     with _proxy(tmp_path_factory, env) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
-def domain_proxy(fake, tmp_path_factory) -> Iterator[ProxyServer]:
+def domain_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
     """The docs' team mapping, with the team's host name replaced by `localhost` (it must resolve here)."""
     doc = doc_env("passthrough-domain/proxy")
     mapping = json.loads(doc["DOMAIN_CREDENTIAL_MAPPING"])
@@ -127,7 +134,7 @@ def domain_proxy(fake, tmp_path_factory) -> Iterator[ProxyServer]:
     cred.write_text(json.dumps(dict(file_doc, api_key=TEAM_KEY, client_api_key=TEAM_PROXY_KEY)))
     cred.chmod(0o600)
     env = substitute(doc, {"DOMAIN_CREDENTIAL_MAPPING": json.dumps({"localhost": str(cred)})})
-    with _proxy(tmp_path_factory, dict(env, CLAUDE_API_BASE_URL=fake.url)) as proxy:
+    with _proxy(tmp_path_factory, dict(env, CLAUDE_API_BASE_URL=fake_server.url)) as proxy:
         yield proxy
 
 
@@ -175,9 +182,9 @@ def _tool_message_turns(posts: list[dict]) -> tuple[dict, dict]:
 
 
 def _stats_after(proxy: ProxyServer, before: dict, domain: str, requests: int) -> dict:
-    after = wait_for_stats(proxy.url, lambda s: stats_delta(before, s, "stats", domain).get("requestCount", 0)
-                           >= requests)
-    return after
+    """/token-stats once it counts `requests` more requests for `domain` than `before` did."""
+    return wait_for_stats(proxy.url, lambda s: stats_delta(before, s, "stats", domain).get("requestCount", 0)
+                          >= requests)
 
 
 def _fake_handles_prompt_after_paths() -> bool:
@@ -304,6 +311,9 @@ def test_passthrough_with_api_key(claude, fake, passthrough_proxy, project, trap
 
 
 def test_passthrough_with_oauth_token(claude, fake, passthrough_proxy, project, trap):
+    """Also with a gzip-compressing upstream: the CLI still reads the stream, the accounting too."""
+    fake.compress(True)
+    before = token_stats(passthrough_proxy.url)
     run = _run(claude, project, passthrough_proxy,
                _client("passthrough-oauth/client", passthrough_proxy, ANTHROPIC_AUTH_TOKEN=OAUTH_TOKEN), trap)
     assert_read_and_answered(run, project)
@@ -314,6 +324,10 @@ def test_passthrough_with_oauth_token(claude, fake, passthrough_proxy, project, 
         assert headers.get("authorization") == "Bearer " + OAUTH_TOKEN and "x-api-key" not in headers
         betas = headers.get("anthropic-beta", "").split(",")
         assert "oauth-2025-04-20" in betas and "claude-code-20250219" in betas, betas
+        assert "gzip" in headers.get("accept-encoding", "")  # so the fake did compress its answers
+    after = _stats_after(passthrough_proxy, before, "127.0.0.1", 2)
+    counted = stats_delta(before, after, "stats", "127.0.0.1")
+    assert counted["requestCount"] == 2 and counted["toolCallCount"] == 1 and counted["inputTokens"] > 0, counted
 
 
 def test_passthrough_with_domain_mapping(claude, fake, domain_proxy, project, trap):
@@ -381,26 +395,41 @@ def _assert_error_carried(run: CliRun, status: int) -> None:
     assert not run.tool_uses(), info
 
 
-def test_persistent_upstream_error_translation(claude, fake, translation_proxy, project, trap):
-    fake.script("/chat/completions", [{"status": 500, "json": {"error": {
-        "message": UPSTREAM_MESSAGE, "type": "server_error", "code": None}}}] * 10)
-    before = token_stats(translation_proxy.url)
-    run = _run(claude, project, translation_proxy, _client("translation-server-key/client", translation_proxy),
-               trap, extra_env={"CLAUDE_CODE_MAX_RETRIES": str(CLI_RETRIES)}, timeout=60)
+@pytest.mark.parametrize("mode", ["translation", "passthrough"])
+def test_persistent_upstream_error(claude, fake, mode, request, project, trap):
+    """A 500 that never clears: the CLI retries CLI_RETRIES times, then ends with the upstream's message.
+
+    (Not 529: after repeated 529s the CLI prints its own "Repeated 529 Overloaded errors" text whatever
+    the upstream said.)
+    """
+    if mode == "translation":
+        proxy = request.getfixturevalue("translation_proxy")
+        endpoint, error = "/chat/completions", {"error": {"message": UPSTREAM_MESSAGE, "type": "server_error",
+                                                          "code": None}}
+        client = _client("translation-server-key/client", proxy)
+    else:
+        proxy = request.getfixturevalue("passthrough_proxy")
+        endpoint, error = "/v1/messages", {"type": "error", "error": {"type": "api_error",
+                                                                       "message": UPSTREAM_MESSAGE}}
+        client = _client("passthrough-api-key/client", proxy, ANTHROPIC_API_KEY=ANTHROPIC_KEY)
+    fake.script(endpoint, [{"status": 500, "json": error}] * 10)
+    before = token_stats(proxy.url)
+    run = _run(claude, project, proxy, client, trap, extra_env={"CLAUDE_CODE_MAX_RETRIES": str(CLI_RETRIES)},
+               timeout=60)
     _assert_error_carried(run, 500)
-    assert len(_posts(fake, "/chat/completions")) == CLI_RETRIES + 1  # the proxy does not retry a 500
+    assert len(_posts(fake, endpoint)) == CLI_RETRIES + 1  # the proxy does not retry a 500
     assert len(run.system_events("api_retry")) == CLI_RETRIES
-    after = _stats_after(translation_proxy, before, "127.0.0.1", CLI_RETRIES + 1)
+    after = _stats_after(proxy, before, "127.0.0.1", CLI_RETRIES + 1)
     counted = stats_delta(before, after, "stats", "127.0.0.1")
     assert counted["requestCount"] == CLI_RETRIES + 1 and counted["errorCount"] == CLI_RETRIES + 1, counted
 
 
-def test_persistent_upstream_error_passthrough(claude, fake, passthrough_proxy, project, trap):
-    """An overloaded upstream: the proxy retries it (UPSTREAM_MAX_RETRIES=2), then the CLI does."""
-    fake.script("/v1/messages", [{"status": 529, "headers": {"retry-after": "0"}, "json": {
-        "type": "error", "error": {"type": "overloaded_error", "message": UPSTREAM_MESSAGE}}}] * 20)
-    run = _run(claude, project, passthrough_proxy,
-               _client("passthrough-api-key/client", passthrough_proxy, ANTHROPIC_API_KEY=ANTHROPIC_KEY), trap,
-               extra_env={"CLAUDE_CODE_MAX_RETRIES": str(CLI_RETRIES)}, timeout=60)
-    _assert_error_carried(run, 529)
-    assert len(_posts(fake, "/v1/messages")) == (CLI_RETRIES + 1) * 3
+# -- the README ---------------------------------------------------------------------------------------
+
+
+def test_readme_carries_the_checked_section():
+    """The README's "Use with Claude Code" is docs/claude-code.md word for word, or links to it."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = DOCS.read_text(encoding="utf-8").strip()
+    carried = section in readme or "(docs/claude-code.md)" in readme
+    assert carried, "README.md neither contains docs/claude-code.md verbatim (markers included) nor links to it"

@@ -1,0 +1,131 @@
+"""Profile the proxy's worker under one benchmark case with py-spy (``pip install py-spy``; not a dependency).
+
+    python -m bench.profile --mode translation --case "json 2KB c=32" --seconds 10
+    python -m bench.profile --mode passthrough --case "stream 2KB c=32" --out /tmp/pt.svg
+
+Starts the fake upstream and the proxy like bench.run, drives the case in a loop while py-spy samples the
+gunicorn worker, then prints the functions with the most samples (self and inclusive) and the worker's
+CPU utilisation (a worker below ~90% CPU while requests queue is waiting on something, not computing).
+With --out it also writes a flame graph (svg) or speedscope file (.json).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench import procstat
+from bench.run import FULL_CASES, Bench, Driver, proxy_env
+from tests.fakes.server import FakeUpstream, ProxyServer
+
+
+def summarize(collapsed: Path, top: int) -> str:
+    """Top self and inclusive frames from py-spy's collapsed ("raw") output."""
+    self_counts: collections.Counter = collections.Counter()
+    incl_counts: collections.Counter = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        total += count
+        frames = stack.split(";")
+        self_counts[frames[-1]] += count
+        for frame in set(frames):
+            incl_counts[frame] += count
+    out = ["%d samples" % total, "", "top self:"]
+    for frame, n in self_counts.most_common(top):
+        out.append("  %5.1f%%  %s" % (100.0 * n / max(1, total), frame))
+    out += ["", "top inclusive (app/ and config/ frames):"]
+    shown = 0
+    for frame, n in incl_counts.most_common():
+        if "/app/" in frame or "app/" in frame.split("(")[-1][:4] or "/config/" in frame:
+            out.append("  %5.1f%%  %s" % (100.0 * n / max(1, total), frame))
+            shown += 1
+            if shown >= top:
+                break
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", default="translation", choices=["translation", "passthrough"])
+    parser.add_argument("--case", default="json 2KB c=32", help="a case name from bench.run FULL_CASES")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=int, default=499, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--out", default=None, help="flame graph .svg or speedscope .json")
+    parser.add_argument("--idle", action="store_true", help="include idle samples (waiting in the loop)")
+    parser.add_argument("--proxy-env", action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args(argv)
+    if not shutil.which("py-spy"):
+        print("py-spy not found: pip install py-spy", file=sys.stderr)
+        return 2
+    case = next((c for c in FULL_CASES if c.name == args.case), None)
+    if case is None:
+        print("unknown case; one of: %s" % ", ".join(c.name for c in FULL_CASES), file=sys.stderr)
+        return 2
+    bench = Bench(argparse.Namespace(smoke=False, rounds=1), lambda m: print(m, file=sys.stderr))
+    tmp = Path(tempfile.mkdtemp(prefix="nexus-profile-"))
+    with FakeUpstream() as fake:
+        env = proxy_env(args.mode, fake.url + case.group.prefix, None)
+        env.update(dict(item.split("=", 1) for item in args.proxy_env))
+        with ProxyServer(env) as proxy:
+            driver = Driver()
+            try:
+                _, job = bench.jobs(args.mode, case, fake, proxy.port, max(case.concurrency, 200))
+                assert job is not None
+                driver.run(job)  # warm up
+                workers = procstat.children(proxy.pid)
+                worker = workers[0]
+                stop = threading.Event()
+                done = [0, 0]
+
+                def load() -> None:
+                    while not stop.is_set():
+                        result = driver.run(job)
+                        done[0] += result["n"]
+                        done[1] += result["errors"]
+
+                raw = tmp / "profile.txt"
+                cmd = ["py-spy", "record", "--pid", str(worker), "--rate", str(args.rate), "--duration",
+                       str(int(args.seconds)), "--format", "raw", "--output", str(raw)]
+                if args.idle:
+                    cmd.append("--idle")
+                thread = threading.Thread(target=load, daemon=True)
+                thread.start()
+                time.sleep(0.5)
+                cpu0, t0 = procstat.cpu_seconds(worker), time.monotonic()
+                n0 = done[0]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                cpu, wall = procstat.cpu_seconds(worker) - cpu0, time.monotonic() - t0
+                n = done[0] - n0
+                if args.out:
+                    fmt = "speedscope" if args.out.endswith(".json") else "flamegraph"
+                    thread_cmd = cmd[:]
+                    thread_cmd[thread_cmd.index("raw")] = fmt
+                    thread_cmd[thread_cmd.index(str(raw))] = args.out
+                    thread_cmd[thread_cmd.index(str(int(args.seconds)))] = "5"
+                    subprocess.run(thread_cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stop.set()
+                thread.join()
+            finally:
+                driver.close()
+    print("%s / %s: worker pid %d, %.1f%% CPU, ~%d requests during the %.0f s sample (%.0f req/s, %.3f ms CPU/req),"
+          " %d errors" % (args.mode, case.name, worker, 100 * cpu / wall, n, wall, n / wall if wall else 0,
+                          1000 * cpu / n if n else 0, done[1]))
+    print(summarize(raw, args.top))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Fixtures shared by the whole suite: a fresh PostgreSQL database per run, the fake upstreams."""
+from tests.conftest_db import pg_database_url, pg_url  # noqa: F401
