@@ -54,6 +54,15 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user
+    return (total - idle) / _TICK, total / _TICK
+
+
 def tree_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) for p in pids)
 

@@ -26,11 +26,31 @@ from bench.run import FULL_CASES, Bench, Driver, proxy_env
 from tests.fakes.server import FakeUpstream, ProxyServer
 
 
+# Leaf frames where the worker is not computing: waiting in the loop, or preempted right after a send()
+# woke the peer process on the same core (perf shows the send syscall itself costs ~10 us).
+WAIT_LEAVES = ("Hub.run", "SocketMixin.send (", "acquire_with_timeout", "poll.poll", "Waiter.get",
+               "Hub.switch", "sleep (gevent", "(urllib3/connectionpool.py:534)", "(gunicorn/http/message.py:540)")
+
+
+def _package(frame: str) -> str:
+    """'func (path/to/file.py:12)' -> a short package label for the file."""
+    path = frame.rpartition("(")[2].rstrip(")").rpartition(":")[0]
+    if path.startswith(("app/", "config/")):
+        return path
+    head = path.split("/")[0]
+    return {"<frozen _collections_abc>": "collections", "": "?"}.get(head, head.removesuffix(".py"))
+
+
 def summarize(collapsed: Path, top: int) -> str:
-    """Top self and inclusive frames from py-spy's collapsed ("raw") output."""
+    """Where the CPU samples go, from py-spy's collapsed ("raw") output.
+
+    Samples whose leaf is a wait (see WAIT_LEAVES) are counted apart; the rest are split by the package
+    of the leaf frame (self) and by app function (inclusive).
+    """
     self_counts: collections.Counter = collections.Counter()
-    incl_counts: collections.Counter = collections.Counter()
-    total = 0
+    pkg_counts: collections.Counter = collections.Counter()
+    app_counts: collections.Counter = collections.Counter()
+    total = waiting = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack:
@@ -38,20 +58,25 @@ def summarize(collapsed: Path, top: int) -> str:
         count = int(count_s)
         total += count
         frames = stack.split(";")
+        if any(w in frames[-1] for w in WAIT_LEAVES):
+            waiting += count
+            continue
         self_counts[frames[-1]] += count
+        pkg_counts[_package(frames[-1])] += count
         for frame in set(frames):
-            incl_counts[frame] += count
-    out = ["%d samples" % total, "", "top self:"]
+            if "(app/" in frame or "(config/" in frame:
+                app_counts[frame] += count
+    cpu = max(1, total - waiting)
+    out = ["%d samples: %d computing, %d waiting or preempted (leaf in the loop / right after send)"
+           % (total, total - waiting, waiting), "", "computing samples by package of the running frame:"]
+    for pkg, n in pkg_counts.most_common(top):
+        out.append("  %5.1f%%  %s" % (100.0 * n / cpu, pkg))
+    out += ["", "top self (computing samples):"]
     for frame, n in self_counts.most_common(top):
-        out.append("  %5.1f%%  %s" % (100.0 * n / max(1, total), frame))
-    out += ["", "top inclusive (app/ and config/ frames):"]
-    shown = 0
-    for frame, n in incl_counts.most_common():
-        if "/app/" in frame or "app/" in frame.split("(")[-1][:4] or "/config/" in frame:
-            out.append("  %5.1f%%  %s" % (100.0 * n / max(1, total), frame))
-            shown += 1
-            if shown >= top:
-                break
+        out.append("  %5.1f%%  %s" % (100.0 * n / cpu, frame))
+    out += ["", "top inclusive app/ frames (computing samples):"]
+    for frame, n in app_counts.most_common(top):
+        out.append("  %5.1f%%  %s" % (100.0 * n / cpu, frame))
     return "\n".join(out)
 
 
@@ -63,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=499, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default=None, help="flame graph .svg or speedscope .json")
+    parser.add_argument("--raw", default=None, help="keep py-spy's collapsed stacks in this file")
     parser.add_argument("--idle", action="store_true", help="include idle samples (waiting in the loop)")
+    parser.add_argument("--no-gil", action="store_true",
+                        help="sample whether or not the worker holds the GIL (default: only while it does, "
+                             "which leaves out time blocked in syscalls)")
     parser.add_argument("--proxy-env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     if not shutil.which("py-spy"):
@@ -100,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                        str(int(args.seconds)), "--format", "raw", "--output", str(raw)]
                 if args.idle:
                     cmd.append("--idle")
+                if not args.no_gil:
+                    cmd.append("--gil")
                 thread = threading.Thread(target=load, daemon=True)
                 thread.start()
                 time.sleep(0.5)
@@ -123,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
           " %d errors" % (args.mode, case.name, worker, 100 * cpu / wall, n, wall, n / wall if wall else 0,
                           1000 * cpu / n if n else 0, done[1]))
     print(summarize(raw, args.top))
+    if args.raw:
+        shutil.copy(raw, args.raw)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

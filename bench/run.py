@@ -403,6 +403,20 @@ class Bench:
                                                                 _ms(pct(proxied.lat, 50))))
 
 
+MARK_START = "<!-- bench-results:start -->"
+MARK_END = "<!-- bench-results:end -->"
+
+
+def update_marked(path: Path, text: str) -> None:
+    """Put `text` (its heading demoted below the file's own) between the result markers of a markdown file."""
+    content = path.read_text()
+    start, end = content.find(MARK_START), content.find(MARK_END)
+    if start < 0 or end < start:
+        raise SystemExit("%s has no %s ... %s markers" % (path, MARK_START, MARK_END))
+    body = text.replace("# Benchmark results", "### Latest benchmark results", 1).replace("\n## ", "\n#### ")
+    path.write_text(content[:start + len(MARK_START)] + "\n" + body + content[end:])
+
+
 def proxy_env(mode: str, upstream: str, database_url: str | None) -> dict:
     env = {"PROXY_MODE": mode, "DEBUG": "false", "LOG_LEVEL": "WARNING"}
     if mode == "translation":
@@ -440,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="markdown file to write (default bench/results.md; "
                                                     "none in --smoke unless given)")
     parser.add_argument("--json", default=None, help="also write raw numbers as JSON here")
+    parser.add_argument("--readme", action="append", default=[], metavar="FILE",
+                        help="replace the text between '%s' and '%s' in FILE with the results (repeatable)"
+                             % (MARK_START, MARK_END))
     parser.add_argument("--modes", default="translation,passthrough")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
     parser.add_argument("--rounds", type=int, default=3, help="alternating direct/proxy batches per case")
@@ -463,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     extra_env = dict(item.split("=", 1) for item in args.proxy_env)
     bench = Bench(args, log)
     started = time.monotonic()
+    machine0 = procstat.machine_cpu()
+    own_cpu = 0.0  # CPU of every process this run started, to tell other load on the machine apart
     database = FreshDatabase(args.database_url) if args.database_url else None
     fake = FakeUpstream().start()
     driver = Driver()
@@ -490,14 +509,19 @@ def main(argv: list[str] | None = None) -> int:
                         bench.run_case(mode, case, fake, proxy, driver)
                 finally:
                     if proxy is not None:
+                        own_cpu += procstat.tree_cpu(procstat.tree(proxy.pid))
                         proxy.stop()
     finally:
+        own_cpu += procstat.cpu_seconds(driver.pid) + procstat.cpu_seconds(fake.pid)
         driver.close()
         fake.stop()
         if database is not None:
             database.drop()
 
     elapsed = time.monotonic() - started
+    busy, total = (b - a for a, b in zip(machine0, procstat.machine_cpu()))
+    own_cpu += sum(os.times()[:2])
+    other_share = max(0.0, busy - own_cpu) / total if total else 0.0
     rows = bench.rows
     table = render_table(rows)
     targets = check_targets(rows)
@@ -528,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         "- Command: `python -m bench.run %s`" % " ".join(argv if argv is not None else sys.argv[1:]),
         "- Proxy: `python -m gunicorn -c config/gunicorn.conf.py wsgi:app`, WEB_CONCURRENCY=%d, DEBUG off, "
         "accounting %s" % (args.workers, accounting),
-        "- Run time: %.0f s" % elapsed,
+        "- Run time: %.0f s; other processes used %.0f%% of the machine's CPU meanwhile%s"
+        % (elapsed, 100 * other_share, " (numbers are noisy: rerun on a quiet machine)" if other_share > 0.1 else ""),
         "",
     ]
     text = "\n".join(header) + "\n" + table + "\n\n## Targets\n\n" + "\n".join("- " + t for t in targets) + \
@@ -537,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         Path(out).write_text(text)
         log("written to %s" % out)
+    for readme in args.readme:
+        update_marked(Path(readme), text)
+        log("updated %s" % readme)
     if args.json:
         Path(args.json).write_text(json.dumps([{
             "mode": r.mode, "case": r.case.name, "side": r.side, "n": r.data.n, "errors": r.data.errors,

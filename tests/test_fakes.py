@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.fakes import upstream
-from tests.fakes.server import REPO_ROOT, FakeUpstream, fake_upstream, fake_upstream_server  # noqa: F401
+from tests.fakes.server import REPO_ROOT, FakeUpstream, ProxyServer, fake_upstream, fake_upstream_server  # noqa: F401
 
 READ_TOOL = {"name": "Read", "description": "Read a file",
              "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}},
@@ -279,3 +279,29 @@ def test_bench_prefix_streams_configured_chunks_without_logging(fake_upstream: F
     js = requests.post(url + "/v1/messages", json={"stream": False}, timeout=10).json()
     assert js["content"][0]["text"].count("zq") == 7
     assert fake_upstream.requests() == [] and fake_upstream.stats()["bench_requests"] == 3
+
+
+# -- the proxy as a process -------------------------------------------------------------------------
+
+
+def test_proxy_server_runs_the_proxy_against_the_fake(fake_upstream: FakeUpstream) -> None:
+    if not (REPO_ROOT / "config" / "gunicorn.conf.py").is_file():
+        pytest.skip("config/gunicorn.conf.py not present yet")
+    env = {"PROXY_MODE": "translation", "ANTHROPIC_PROXY_BASE_URL": fake_upstream.url,
+           "CLAUDE_CODE_PROXY_API_KEY": "test-key"}
+    with ProxyServer(env) as proxy:
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="client-key", max_retries=0)
+        message = client.messages.create(model="claude-haiku-4-5", max_tokens=50,
+                                         messages=[{"role": "user", "content": "hi"}])
+        client.close()  # an idle keep-alive connection would hold up the graceful shutdown
+        assert message.content[0].text == upstream.HELLO_TEXT
+        assert fake_upstream.requests("/chat/completions")[0]["headers"]["authorization"] == "Bearer test-key"
+        assert proxy.terminate() == 0
+    assert "listening" in proxy.output()
+
+
+def test_proxy_server_start_failure_carries_the_proxy_output() -> None:
+    if not (REPO_ROOT / "config" / "gunicorn.conf.py").is_file():
+        pytest.skip("config/gunicorn.conf.py not present yet")
+    with pytest.raises(RuntimeError, match="PORT"):
+        ProxyServer({"PORT": "0"}, timeout=10).start()

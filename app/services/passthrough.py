@@ -40,7 +40,12 @@ def forward_headers(client_headers: Mapping[str, str], credential) -> dict[str, 
 
     The one place for the passthrough header rules (README: "Passthrough headers").
     """
-    headers = {k: v for k, v in client_headers.items() if k not in _REQUEST_DROP}
+    drop = _REQUEST_DROP
+    listed = client_headers.get("connection")
+    if listed:
+        # RFC 9110 7.6.1: the fields a Connection header names are hop-by-hop too
+        drop = drop | {name.strip().lower() for name in listed.split(",")}
+    headers = {k: v for k, v in client_headers.items() if k not in drop}
     headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
     headers["content-type"] = "application/json"
     headers["accept-encoding"] = UPSTREAM_ACCEPT_ENCODING

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PINNED_CLI = REPO_ROOT / "tests" / "cli" / "node_modules" / ".bin" / "claude"
-DOCS = REPO_ROOT / "docs" / "claude-code.md"
+DOCS = REPO_ROOT / "README.md"  # the "Use with Claude Code" section: the docs are what is tested
 INSTALL_HINT = "install it with `cd tests/cli && npm install` (needs npm; version pinned in tests/cli/package.json)"
 
 # What the CLI would otherwise send to Anthropic or elsewhere on its own (docs: "non-essential traffic").
@@ -260,7 +260,7 @@ def wait_for_stats(proxy_url: str, done: Callable[[dict], bool], timeout: float 
         time.sleep(0.05)
 
 
-# -- docs/claude-code.md ---------------------------------------------------------------------------
+# -- the README's checked blocks ---------------------------------------------------------------------------
 
 _BLOCK_RE = re.compile(r"<!--\s*checked:\s*(\S+)\s*-->\s*\n```[\w-]*\n(.*?)\n```", re.S)
 
@@ -293,13 +293,13 @@ def parse_env_block(text: str) -> dict[str, str]:
 
 def doc_env(name: str) -> dict[str, str]:
     blocks = doc_blocks()
-    assert name in blocks, f"docs/claude-code.md has no block marked <!-- checked: {name} -->"
+    assert name in blocks, f"README.md has no block marked <!-- checked: {name} -->"
     return parse_env_block(blocks[name])
 
 
 def doc_json(name: str) -> Any:
     blocks = doc_blocks()
-    assert name in blocks, f"docs/claude-code.md has no block marked <!-- checked: {name} -->"
+    assert name in blocks, f"README.md has no block marked <!-- checked: {name} -->"
     return json.loads(blocks[name])
 
 

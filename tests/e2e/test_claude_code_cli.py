@@ -3,7 +3,7 @@
 Each run asks `claude -p` to read a file whose first word is a random token, so the token can only be in
 the answer if the Read tool call and its result crossed the proxy both ways. The fake upstream is a tiny
 scripted model (tests/fakes/upstream.py); the proxy runs as users run it (gunicorn + gevent). The
-environment of every setup comes from docs/claude-code.md, so the docs are what is tested.
+environment of every setup comes from the README's "Use with Claude Code" section, so the docs are what is tested.
 
 Without the CLI (`cd tests/cli && npm install`) the module skips with one reason; with CI=true it fails.
 """
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.e2e.cli_helpers import (DOCS, REPO_ROOT, CliRun, InternetTrap, Project, doc_env, doc_json, find_claude,
+from tests.e2e.cli_helpers import (DOCS, REPO_ROOT, CliRun, InternetTrap, Project, doc_blocks, doc_env, doc_json, find_claude,
                                    in_ci, run_claude, stats_delta, substitute, token_stats, wait_for_stats)
 from tests.fakes import upstream as fake_model
 from tests.fakes.server import FakeUpstream, ProxyServer
@@ -120,9 +121,22 @@ def passthrough_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
         yield proxy
 
 
+def _team_host() -> str:
+    """A host name for the team that reaches the proxy (bound to 127.0.0.1) without DNS: `localhost`,
+    unless it may resolve to ::1 on this machine."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo("localhost", 80, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        addresses = set()
+    return "localhost" if addresses == {"127.0.0.1"} else "127.0.0.1"
+
+
+TEAM_HOST = _team_host()
+
+
 @pytest.fixture(scope="module")
 def domain_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
-    """The docs' team mapping, with the team's host name replaced by `localhost` (it must resolve here)."""
+    """The docs' team mapping, with the team's host name replaced by TEAM_HOST (it must resolve here)."""
     doc = doc_env("passthrough-domain/proxy")
     mapping = json.loads(doc["DOMAIN_CREDENTIAL_MAPPING"])
     assert len(mapping) == 1
@@ -133,7 +147,7 @@ def domain_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
     cred = tmp_path_factory.mktemp("credentials") / "team-a.json"
     cred.write_text(json.dumps(dict(file_doc, api_key=TEAM_KEY, client_api_key=TEAM_PROXY_KEY)))
     cred.chmod(0o600)
-    env = substitute(doc, {"DOMAIN_CREDENTIAL_MAPPING": json.dumps({"localhost": str(cred)})})
+    env = substitute(doc, {"DOMAIN_CREDENTIAL_MAPPING": json.dumps({TEAM_HOST: str(cred)})})
     with _proxy(tmp_path_factory, dict(env, CLAUDE_API_BASE_URL=fake_server.url)) as proxy:
         yield proxy
 
@@ -168,6 +182,13 @@ def assert_read_and_answered(run: CliRun, project: Project) -> None:
     assert reads[0]["input"].get("file_path") == str(project.file), info
     assert any(project.token in json.dumps(r.get("content")) for r in run.tool_results()), info
     assert project.token in result.get("result", ""), info
+
+
+def assert_same_usage(run: CliRun, counted: dict) -> None:
+    """The tokens Claude Code reports for the run are the tokens the proxy accounted."""
+    usage = run.result["usage"]
+    assert (counted["inputTokens"], counted["outputTokens"]) == (usage["input_tokens"], usage["output_tokens"]), \
+        (counted, usage)
 
 
 def _posts(fake: FakeUpstream, endpoint: str) -> list[dict]:
@@ -232,6 +253,9 @@ def test_translation_default_model(claude, fake, translation_proxy, project, tra
                            or "cache_control" in b for b in blocks), message
 
     first, second = _tool_message_turns(posts)
+    roles = [m["role"] for m in first["body"]["messages"]]
+    assert "system" in roles[roles.index("user"):], roles  # the CLI's mid-conversation system message, in place
+    assert any(m["role"] == "user" and project.prompt in json.dumps(m["content"]) for m in first["body"]["messages"])
     assistant = next(m for m in second["body"]["messages"] if m.get("tool_calls"))
     call = assistant["tool_calls"][0]
     assert call["type"] == "function" and call["function"]["name"] == "Read"
@@ -244,6 +268,7 @@ def test_translation_default_model(claude, fake, translation_proxy, project, tra
     counted = stats_delta(before, after, "stats", "127.0.0.1")
     assert counted["requestCount"] == 2 and counted["toolCallCount"] == 1, counted
     assert counted["errorCount"] == 0 and counted["inputTokens"] > 0 and counted["outputTokens"] > 0, counted
+    assert_same_usage(run, counted)
     by_model = stats_delta(before, after, "models", "openai/gpt-4.1")
     assert by_model["requestCount"] == 2 and by_model["toolCallCount"] == 1, by_model
 
@@ -308,6 +333,7 @@ def test_passthrough_with_api_key(claude, fake, passthrough_proxy, project, trap
     counted = stats_delta(before, after, "stats", "127.0.0.1")
     assert counted["requestCount"] == 2 and counted["toolCallCount"] == 1, counted
     assert counted["errorCount"] == 0 and counted["inputTokens"] > 0, counted
+    assert_same_usage(run, counted)
 
 
 def test_passthrough_with_oauth_token(claude, fake, passthrough_proxy, project, trap):
@@ -333,7 +359,7 @@ def test_passthrough_with_oauth_token(claude, fake, passthrough_proxy, project, 
 def test_passthrough_with_domain_mapping(claude, fake, domain_proxy, project, trap):
     client = _client("passthrough-domain/client", domain_proxy, ANTHROPIC_AUTH_TOKEN=TEAM_PROXY_KEY)
     before = token_stats(domain_proxy.url)
-    run = _run(claude, project, domain_proxy, client, trap, base_url=f"http://localhost:{domain_proxy.port}")
+    run = _run(claude, project, domain_proxy, client, trap, base_url=f"http://{TEAM_HOST}:{domain_proxy.port}")
     assert_read_and_answered(run, project)
     posts = _posts(fake, "/v1/messages")
     assert len(posts) == 2
@@ -341,8 +367,8 @@ def test_passthrough_with_domain_mapping(claude, fake, domain_proxy, project, tr
         headers = post["headers"]
         assert headers.get("x-api-key") == TEAM_KEY and "authorization" not in headers  # the team's key
         assert TEAM_PROXY_KEY not in json.dumps(headers)  # the proxy's access key stays at the proxy
-    after = _stats_after(domain_proxy, before, "localhost", 2)
-    counted = stats_delta(before, after, "stats", "localhost")
+    after = _stats_after(domain_proxy, before, TEAM_HOST, 2)
+    counted = stats_delta(before, after, "stats", TEAM_HOST)
     assert counted["requestCount"] == 2 and counted["toolCallCount"] == 1, counted
 
 
@@ -428,8 +454,10 @@ def test_persistent_upstream_error(claude, fake, mode, request, project, trap):
 
 
 def test_readme_carries_the_checked_section():
-    """The README's "Use with Claude Code" is docs/claude-code.md word for word, or links to it."""
+    """The README's "Use with Claude Code" section has a checked block for every set-up these tests run."""
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    section = DOCS.read_text(encoding="utf-8").strip()
-    carried = section in readme or "(docs/claude-code.md)" in readme
-    assert carried, "README.md neither contains docs/claude-code.md verbatim (markers included) nor links to it"
+    assert "## Use with Claude Code" in readme
+    names = set(doc_blocks())
+    for setup in ("translation-server-key", "translation-own-key"):
+        assert {f"{setup}/proxy", f"{setup}/client"} <= names, setup
+    assert any(n.startswith("passthrough") for n in names), names

@@ -574,13 +574,15 @@ def test_invalid_request_through_the_sdk(proxy, client, fake):
 
 
 def test_keepalive_ping_while_upstream_is_silent(proxy, client, fake):
-    spec = {"sse": [chunk({"role": "assistant", "content": "Hel"}), chunk({"content": "lo"}),
-                    chunk(finish="stop"), usage_chunk(4, 2)], "gap_ms": 1000}
-    fake.script("/chat/completions", [spec, spec])
+    def spec(gap_ms):
+        return {"sse": [chunk({"role": "assistant", "content": "Hel"}), chunk({"content": "lo"}, finish="stop"),
+                        usage_chunk(4, 2)], "gap_ms": gap_ms}
+
+    fake.script("/chat/completions", [spec(700), spec(400)])
     resp = raw_post(proxy, {"model": MODEL, "max_tokens": 32, "stream": True, "messages": user("hi")})
     names = [n for n, _ in sse_events(resp.content)]
     first, second = [i for i, n in enumerate(names) if n == "content_block_delta"][:2]
-    # the upstream was silent for 1 s between the two text chunks: the proxy filled the gap with pings
+    # the upstream was silent for 0.7 s (STREAM_PING_INTERVAL=0.3) between the two text chunks
     assert "ping" in names[first:second]
     assert names[-1] == "message_stop"
     # and the SDK takes the pings in its stride

@@ -232,8 +232,9 @@ class ProxyServer:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("proxy exited with %s before answering:\n%s" % (self.proc.returncode,
-                                                                                   self.output()))
+                output = self.output()
+                self.stop()
+                raise RuntimeError("proxy exited with %s before answering:\n%s" % (self.proc.returncode, output))
             try:
                 status, _ = _http("GET", self.host, self.port, "/", timeout=2.0)
                 if status == 200:
