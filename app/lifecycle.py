@@ -16,15 +16,18 @@ def _services(worker):
 def worker_started(worker) -> None:
     """Watch for the start of a graceful stop and end streams cleanly before gunicorn's hard kill."""
     services = _services(worker)
-    if services is None:
-        return
     timeout = worker.cfg.graceful_timeout
 
     def watch() -> None:
         while worker.alive:
             gevent.sleep(0.2)
+        close_idle = getattr(worker, "close_idle_connections", None)
+        if close_idle is not None:
+            close_idle()
         # Leave a margin before gunicorn kills the handlers, so each open stream ends with a
         # complete `event: error` instead of being cut mid-event.
+        if services is None:
+            return
         gevent.sleep(max(0.0, timeout - 1.5))
         closed = services.upstream.close_open_streams()
         if closed:

@@ -127,17 +127,19 @@ def _format_body(body: Any) -> str:
     if body is None or body == b"" or body == "":
         return "(empty)"
     if isinstance(body, (dict, list)):
-        return _dump(mask_json(body, max_str=MAX_STR))
+        try:
+            return _dump(mask_json(body, max_str=MAX_STR))
+        except RecursionError:  # a debug dump must never fail the request it describes
+            return "(body nested too deeply to show)"
     if isinstance(body, (bytes, bytearray, memoryview)):
         text = bytes(body).decode("utf-8", "replace")
     else:
         text = str(body)
     try:
-        parsed = json.loads(text)
-    except ValueError:
+        return _dump(mask_json(json.loads(text), max_str=MAX_STR))
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the masking can walk
         masked = mask_text(text)
         return masked if len(masked) <= MAX_TEXT else f"{masked[:MAX_TEXT]}... ({len(masked)} chars)"
-    return _dump(mask_json(parsed, max_str=MAX_STR))
 
 
 _QUERY_SECRET_HINTS = ("key", "token", "secret", "auth", "passw", "sig", "code")

@@ -80,6 +80,80 @@ def summarize(collapsed: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def _cprofile_report(path: Path, requests: int, top: int) -> str:
+    """Self time per request by package and by function, from a cProfile dump."""
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    by_pkg: collections.Counter = collections.Counter()
+    rows = []
+    total = 0.0
+    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        total += tottime
+        if "site-packages/" in filename:
+            pkg = filename.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+        elif "/app/" in filename or "/config/" in filename:
+            pkg = filename[filename.rfind("/app/") + 1:] if "/app/" in filename else "config"
+        elif filename.startswith("~") or filename.startswith("<"):
+            pkg = "builtins"
+        else:
+            pkg = "stdlib:" + Path(filename).stem
+        by_pkg[pkg] += tottime
+        rows.append((tottime, cumtime, ncalls, "%s (%s:%d)" % (func, filename.split("site-packages/")[-1]
+                                                              .split("/work/main/")[-1], line)))
+    per = 1e6 / max(1, requests)
+    out = ["cProfile: %.3f s of self time over %d requests = %.0f us/request (profiling overhead included; "
+           "compare shares, not absolute numbers)" % (total, requests, total * per), "", "self time by package:"]
+    for pkg, t in by_pkg.most_common(top):
+        out.append("  %5.1f%%  %7.1f us/req  %s" % (100 * t / total, t * per, pkg))
+    out += ["", "top functions by self time:"]
+    for tottime, cumtime, ncalls, name in sorted(rows, reverse=True)[:top]:
+        out.append("  %5.1f%%  %7.1f us/req  %6.2f calls/req  %s" % (100 * tottime / total, tottime * per,
+                                                                   ncalls / max(1, requests), name))
+    out += ["", "app functions by cumulative time (includes waits for sockets):"]
+    app_rows = sorted((r for r in rows if "app/" in r[3]), key=lambda r: r[1], reverse=True)[:top]
+    for tottime, cumtime, ncalls, name in app_rows:
+        out.append("  %7.1f us/req cumulative  %s" % (cumtime * per, name))
+    return "\n".join(out)
+
+
+def run_cprofile(args: argparse.Namespace) -> int:
+    case = next((c for c in FULL_CASES if c.name == args.case), None)
+    if case is None:
+        print("unknown case; one of: %s" % ", ".join(c.name for c in FULL_CASES), file=sys.stderr)
+        return 2
+    bench = Bench(argparse.Namespace(smoke=False, rounds=1), lambda m: print(m, file=sys.stderr))
+    tmp = Path(tempfile.mkdtemp(prefix="nexus-cprofile-"))
+    config = Path(__file__).resolve().parent / "gunicorn_profile.conf.py"
+    with FakeUpstream() as fake:
+        env = proxy_env(args.mode, fake.url + case.group.prefix, None)
+        env.update(dict(item.split("=", 1) for item in args.proxy_env))
+        env["NEXUS_PROFILE_OUT"] = str(tmp / "worker")
+        proxy = ProxyServer(env, config=config).start()
+        driver = Driver()
+        n = errors = 0
+        try:
+            _, job = bench.jobs(args.mode, case, fake, proxy.port, max(case.concurrency, 200))
+            assert job is not None
+            deadline = time.monotonic() + args.seconds
+            while time.monotonic() < deadline:
+                result = driver.run(job)
+                n += result["n"]
+                errors += result["errors"]
+        finally:
+            driver.close()
+            proxy.terminate()
+            proxy.stop()
+    dumps = sorted(tmp.glob("worker.*"))
+    if not dumps:
+        print("no profile written (did the worker exit cleanly?)", file=sys.stderr)
+        return 1
+    print("%s / %s: %d requests, %d errors (profiled, so slower than unprofiled)" % (args.mode, case.name, n, errors))
+    print(_cprofile_report(dumps[0], n, args.top))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", default="translation", choices=["translation", "passthrough"])
@@ -94,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample whether or not the worker holds the GIL (default: only while it does, "
                              "which leaves out time blocked in syscalls)")
     parser.add_argument("--proxy-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--cprofile", action="store_true",
+                        help="deterministic profile of the worker with cProfile instead of sampling with py-spy")
     args = parser.parse_args(argv)
+    if args.cprofile:
+        return run_cprofile(args)
     if not shutil.which("py-spy"):
         print("py-spy not found: pip install py-spy", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -410,11 +411,13 @@ MARK_END = "<!-- bench-results:end -->"
 def update_marked(path: Path, text: str) -> None:
     """Put `text` (its heading demoted below the file's own) between the result markers of a markdown file."""
     content = path.read_text()
-    start, end = content.find(MARK_START), content.find(MARK_END)
-    if start < 0 or end < start:
-        raise SystemExit("%s has no %s ... %s markers" % (path, MARK_START, MARK_END))
+    # the markers count only on lines of their own (prose may quote them)
+    start = re.search("^%s$" % re.escape(MARK_START), content, re.M)
+    end = re.search("^%s$" % re.escape(MARK_END), content, re.M)
+    if not start or not end or end.start() < start.end():
+        raise SystemExit("%s has no %s ... %s lines" % (path, MARK_START, MARK_END))
     body = text.replace("# Benchmark results", "### Latest benchmark results", 1).replace("\n## ", "\n#### ")
-    path.write_text(content[:start + len(MARK_START)] + "\n" + body + content[end:])
+    path.write_text(content[:start.end()] + "\n" + body + content[end.start():])
 
 
 def proxy_env(mode: str, upstream: str, database_url: str | None) -> dict:

@@ -25,7 +25,7 @@ except SettingsError as _exc:
 
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers
-worker_class = "gevent"
+worker_class = "app.worker.ProxyWorker"  # gevent, plus closing idle keep-alive connections on stop
 worker_connections = _settings.worker_connections
 graceful_timeout = int(round(_settings.shutdown_timeout))
 timeout = 60  # worker heartbeat only: gevent workers notify from their own loop, so long streams are fine

@@ -84,6 +84,19 @@ pdf_blocks = st.builds(lambda d: {"type": "document", "source": {"type": "base64
 tool_result_content = st.none() | texts | st.lists(text_blocks | image_blocks, max_size=3)
 
 
+_SUBSTANTIAL = frozenset({"text", "tool_use", "tool_result", "image", "document"})
+
+
+def _maybe_split(draw, role: str, blocks: list[dict]) -> list[dict]:
+    """One turn as one message, or as two consecutive messages of the same role (the API merges them)."""
+    cuts = [i for i in range(1, len(blocks))
+            if any(b["type"] in _SUBSTANTIAL for b in blocks[:i]) and any(b["type"] in _SUBSTANTIAL for b in blocks[i:])]
+    if cuts and draw(st.integers(0, 3)) == 0:
+        cut = draw(st.sampled_from(cuts))
+        return [{"role": role, "content": blocks[:cut]}, {"role": role, "content": blocks[cut:]}]
+    return [{"role": role, "content": blocks}]
+
+
 @st.composite
 def conversations(draw, tool_names: list[str]) -> list[dict]:
     """A valid history: every assistant tool_use is answered by a tool_result in the next user message."""
@@ -111,7 +124,7 @@ def conversations(draw, tool_names: list[str]) -> list[dict]:
             if draw(st.integers(0, 4)) == 0 and all(b["type"] == "text" for b in blocks) and len(blocks) == 1:
                 messages.append({"role": "user", "content": blocks[0]["text"]})
             else:
-                messages.append({"role": "user", "content": blocks})
+                messages.extend(_maybe_split(draw, "user", blocks))
             if draw(st.integers(0, 5)) == 0:  # mid-conversation system message (beta)
                 messages.append({"role": "system", "content": draw(texts | st.lists(text_blocks, min_size=1,
                                                                                       max_size=2))})
@@ -129,7 +142,7 @@ def conversations(draw, tool_names: list[str]) -> list[dict]:
             if draw(st.integers(0, 4)) == 0 and len(blocks) == 1 and blocks[0]["type"] == "text":
                 messages.append({"role": "assistant", "content": blocks[0]["text"]})
             else:
-                messages.append({"role": "assistant", "content": blocks})
+                messages.extend(_maybe_split(draw, "assistant", blocks))
             role = "user"
     if pending:  # the history may not end with unanswered tool calls
         messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": c, "content": "ok"}

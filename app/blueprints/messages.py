@@ -47,6 +47,11 @@ def _handle(kind: str) -> Response:
     try:
         client_key = services.access.check(host, headers)
         body = request.get_data(cache=False)
+        if len(body) >= settings.max_body_bytes and request.content_length is None \
+                and request.environ["wsgi.input"].read(1):
+            # A chunked body stops at the limit without an error (werkzeug); more bytes waiting means too large.
+            raise ProxyError(413, f"Request body is too large (limit {settings.max_body_bytes} bytes)",
+                             "request_too_large")
         logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
         inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
                        rec, client_key)

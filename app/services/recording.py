@@ -37,7 +37,8 @@ def last_user_text(body: dict) -> str | None:
         if isinstance(content, str):
             return content[:4000]
         if isinstance(content, list):
-            texts = [b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+            texts = [b["text"] for b in content
+                     if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)]
             if texts:
                 return "\n".join(texts)[:4000]
         return None

@@ -68,7 +68,11 @@ class Translator:
             "accept": "text/event-stream" if stream else "application/json",
             "user-agent": self.user_agent,
         }
-        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # JSON escapes like "\ud800" decode to lone surrogates, which are not Unicode
+            raise invalid_request("Request body contains an unpaired UTF-16 surrogate escape (such as \\ud800), "
+                                  "which is not valid Unicode") from None
         logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
         resp = self.upstream.send("POST", self.url, headers, data)
         if resp.status >= 400:

@@ -2,11 +2,11 @@
 notices when its client goes away (the FakeUpstream's log cannot show a closed socket)."""
 from __future__ import annotations
 
-import gc
 import json
 import select
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator, Mapping
 
@@ -26,9 +26,6 @@ def start_proxy() -> Iterator[Callable[..., ProxyServer]]:
         return proxy.start()
 
     yield start
-    # Responses caught in exception tracebacks (pytest.raises) sit in reference cycles with their sockets
-    # open; an open keep-alive connection makes gunicorn wait its whole graceful timeout.
-    gc.collect()
     stoppers = [threading.Thread(target=p.stop) for p in started]
     for t in stoppers:
         t.start()
@@ -47,6 +44,7 @@ class SlowUpstream:
         self.streaming = threading.Event()
         self.closed = threading.Event()
         self.sent = 0
+        self.closed_at: float | None = None
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -72,6 +70,7 @@ class SlowUpstream:
         self.headers.clear()
         self.streaming.clear()
         self.closed.clear()
+        self.closed_at: float | None = None
         self.sent = 0
 
     def _stream(self, conn: socket.socket, path: str, wfile) -> None:
@@ -84,9 +83,11 @@ class SlowUpstream:
                 # Wait one gap while watching the socket: readable now means the peer closed it.
                 readable, _, _ = select.select([conn], [], [], self.gap)
                 if readable and not conn.recv(4096):
+                    self.closed_at = time.monotonic()
                     self.closed.set()
                     return
         except OSError:  # reset or broken pipe: the peer went away
+            self.closed_at = time.monotonic()
             self.closed.set()
 
     def stop(self) -> None:

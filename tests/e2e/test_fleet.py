@@ -70,6 +70,11 @@ class Fleet:
         return self.start_many([p.fleet_spec for p in proxies])
 
     def close(self) -> None:
+        import os as _o
+        if _o.environ.get("FLEET_DUMP"):
+            for i, p in enumerate(self.running):
+                Path(_o.environ["FLEET_DUMP"]).mkdir(exist_ok=True)
+                (Path(_o.environ["FLEET_DUMP"]) / f"{_o.environ.get('PYTEST_CURRENT_TEST','x').split('::')[-1].split(' ')[0]}-{i}.log").write_text(p.output())
         threads = [threading.Thread(target=p.stop) for p in self.running]
         for t in threads:
             t.start()
@@ -145,7 +150,7 @@ def upstream_bearers(fake: FakeUpstream, marker: str) -> list[str]:
 # --------------------------------------------------------------------------- 1. shared usage
 
 
-def test_two_hosts_share_usage_totals_and_keep_them_across_restarts(fleet, pg_url, tmp_path):
+def test_two_hosts_share_usage_totals_and_keep_them_across_restarts(pg_url, fleet, tmp_path):
     env = fleet.env(pg_url, CLAUDE_API_KEY=API_KEY)
     a, b = fleet.start_many([(env, tmp_path / "a", 2), (env, tmp_path / "b", 2)])
     domain = "usage.fleet.test"
@@ -179,17 +184,21 @@ SEED_ACCESS = "sk-ant-oat01-fleetseed-" + "Qw3" * 15 + "zz"
 SEED_REFRESH = "sk-ant-ort01-fleetseed-" + "Er4" * 15 + "yy"
 
 
-def write_seed(cwd: Path, expires_at_ms: int) -> Path:
+OPERATOR_ACCESS = "sk-ant-oat01-operator-" + "Ty5" * 15 + "xx"
+OPERATOR_REFRESH = "sk-ant-ort01-operator-" + "Ui6" * 15 + "ww"
+
+
+def write_seed(cwd: Path, expires_at_ms: int, access: str = SEED_ACCESS, refresh: str = SEED_REFRESH) -> Path:
     path = cwd / "credentials" / "team.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"type": "oauth", "oauth": {
-        "accessToken": SEED_ACCESS, "refreshToken": SEED_REFRESH, "expiresAt": expires_at_ms,
+        "accessToken": access, "refreshToken": refresh, "expiresAt": expires_at_ms,
         "scopes": ["user:inference", "user:profile"], "isMax": False}}))
     os.chmod(path, 0o600)
     return path
 
 
-def test_oauth_refresh_happens_once_for_the_fleet_and_survives_restarts(fleet, pg_url, tmp_path):
+def test_oauth_refresh_happens_once_for_the_fleet_and_survives_restarts(pg_url, fleet, tmp_path):
     fake = fleet.fake
     fake.oauth(refresh_token=SEED_REFRESH, valid_tokens=[SEED_ACCESS])
     expires = int((time.time() + 30) * 1000)  # inside the 60 s refresh margin, still valid
@@ -203,6 +212,7 @@ def test_oauth_refresh_happens_once_for_the_fleet_and_survives_restarts(fleet, p
     jobs = [((a, b)[i % 2], OAUTH_DOMAIN, f"burst-{'ab'[i % 2]}-{i}", i % 4 == 0) for i in range(60)]
     send_all(jobs, concurrency=60)
     assert fake.oauth_calls() == 1, "rotating refresh tokens allow exactly one refresh for the whole fleet"
+    assert (a.output() + b.output()).count(f"OAuth token refreshed for {OAUTH_DOMAIN}") == 1
     state = fake.oauth_state()
     new_access = next(t for t in state["valid_tokens"] if t != SEED_ACCESS)
     new_refresh = state["refresh_token"]
@@ -225,10 +235,23 @@ def test_oauth_refresh_happens_once_for_the_fleet_and_survives_restarts(fleet, p
         bearers = upstream_bearers(fake, f"restarted-{side}-")
         assert len(bearers) == 5 and set(bearers) == {"Bearer " + new_access}, side
     assert fake.oauth_calls() == 1
+
+    # An operator logs in again on host A (a new file; the old tokens are revoked): the newer file
+    # wins there and says so, goes to the store, and host B takes it from the store when the
+    # upstream refuses the old token, with no token-endpoint call.
+    fake.oauth(refresh_token=OPERATOR_REFRESH, valid_tokens=[OPERATOR_ACCESS])
+    write_seed(dirs[0], int((time.time() + 3600) * 1000), OPERATOR_ACCESS, OPERATOR_REFRESH)
+    send_all([(a, OAUTH_DOMAIN, f"operator-a-{i}", False) for i in range(6)])
+    assert f"credential file for {OAUTH_DOMAIN} is newer than the stored copy; using the file" in a.output()
+    send_all([(b, OAUTH_DOMAIN, f"operator-b-{i}", False) for i in range(6)])
+    for side in "ab":
+        assert set(upstream_bearers(fake, f"operator-{side}-")) <= {"Bearer " + OPERATOR_ACCESS, "Bearer " + new_access}
+        assert upstream_bearers(fake, f"operator-{side}-")[-1] == "Bearer " + OPERATOR_ACCESS
+    assert fake.oauth_calls() == 1
     for proxy in (a, b):
         cred = health(proxy)["credentials"]
         assert OAUTH_DOMAIN in json.dumps(cred)
-        for secret in (SEED_ACCESS, SEED_REFRESH, new_access, new_refresh):
+        for secret in (SEED_ACCESS, SEED_REFRESH, new_access, new_refresh, OPERATOR_ACCESS, OPERATOR_REFRESH):
             assert secret not in json.dumps(cred)
             assert secret not in proxy.output()
 
@@ -236,7 +259,7 @@ def test_oauth_refresh_happens_once_for_the_fleet_and_survives_restarts(fleet, p
 # --------------------------------------------------------------------------- 3. one reporter
 
 
-def test_the_console_report_is_printed_by_one_host_at_a_time(fleet, pg_url, tmp_path):
+def test_the_console_report_is_printed_by_one_host_at_a_time(pg_url, fleet, tmp_path):
     env = fleet.env(pg_url, CLAUDE_API_KEY=API_KEY, TOKEN_REPORT_INTERVAL="1")
     a, b = fleet.start_many([(env, tmp_path / "a", 1), (env, tmp_path / "b", 1)])
     domain = "report.fleet.test"
@@ -272,7 +295,7 @@ def report_requests(output: str, domain: str) -> list[int]:
 # --------------------------------------------------------------------------- 4./5. database outages
 
 
-def test_database_unreachable_from_the_start(fleet, pg_url, forwarder, tmp_path):
+def test_database_unreachable_from_the_start(pg_url, forwarder, fleet, tmp_path):
     forwarder.down()  # connections are refused until further notice
     password = "fleet-db-pw-9f8e7d6c5b4a"
     url = forwarder.url_for(pg_url).replace("postgres@", f"postgres:{password}@")  # trust auth ignores it
@@ -297,7 +320,7 @@ def test_database_unreachable_from_the_start(fleet, pg_url, forwarder, tmp_path)
     assert password not in a.output()
 
 
-def test_database_lost_mid_run_then_restored_loses_no_request(fleet, pg_url, forwarder, tmp_path):
+def test_database_lost_mid_run_then_restored_loses_no_request(pg_url, forwarder, fleet, tmp_path):
     env = fleet.env(forwarder.url_for(pg_url), CLAUDE_API_KEY=API_KEY)
     a = fleet.start(env, tmp_path / "a", workers=2)
     domain = "midrun.fleet.test"
@@ -323,7 +346,7 @@ def test_database_lost_mid_run_then_restored_loses_no_request(fleet, pg_url, for
 # --------------------------------------------------------------------------- 6. cooperative under gevent
 
 
-def test_a_stalled_database_does_not_hold_up_a_streaming_request(fleet, pg_url, forwarder, tmp_path):
+def test_a_stalled_database_does_not_hold_up_a_streaming_request(pg_url, forwarder, fleet, tmp_path):
     fake = fleet.fake
     a = fleet.start(fleet.env(forwarder.url_for(pg_url), CLAUDE_API_KEY=API_KEY), tmp_path / "a", workers=1)
     domain = "slowdb.fleet.test"

@@ -190,3 +190,30 @@ def test_ctrl_c_is_graceful_too(tmp_path, slow_upstream):
             os.killpg(proc.pid, signal.SIGKILL)
     assert result.get("status") == 200, output
     assert proc.returncode == 0, output
+
+
+def test_idle_keep_alive_connections_do_not_hold_up_a_shutdown(tmp_path):
+    """Claude Code and nginx keep connections open between requests; a stop must not wait for them."""
+    import http.client
+
+    port = _free_port()
+    env = _clean_env(GRACEFUL_TIMEOUT="25", USAGE_DB_PATH=str(tmp_path / "usage.sqlite3"))
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/")
+        conns = []
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/")
+            assert conn.getresponse().read()
+            conns.append(conn)  # kept open, idle, as a keep-alive client leaves it
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert elapsed < 15, f"shutdown waited {elapsed:.1f}s for idle keep-alive connections"

@@ -181,12 +181,14 @@ class ProxyServer:
 
     `env` adds to a clean environment (PATH, LANG, HOME=<tmp>, PYTHONPATH=<repo>) with defaults PORT=<free>,
     HOST=127.0.0.1, WEB_CONCURRENCY=<workers>, TOKEN_REPORT_INTERVAL=0, USAGE_DB_PATH=<tmp>/usage.sqlite3 and
-    NEXUS_ENV_LOADED=1 (so no `.env` file is read; pass NEXUS_ENV_LOADED="" to allow it).
+    NEXUS_ENV_LOADED=1 (so no `.env` file is read; pass NEXUS_ENV_LOADED="" to allow it). `args` go to gunicorn
+    before the app; `config` replaces config/gunicorn.conf.py (bench/profile.py wraps it to profile a worker).
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, workers: int = 1, cwd: str | os.PathLike | None = None,
                  timeout: float = 20.0, python: str = sys.executable, host: str = "127.0.0.1",
-                 port: int | None = None, args: list[str] | None = None) -> None:
+                 port: int | None = None, args: list[str] | None = None,
+                 config: str | os.PathLike | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="proxy-server-"))
         self.host = host
         self.port = port or free_port(host)
@@ -212,7 +214,7 @@ class ProxyServer:
         }
         base.update({k: str(v) for k, v in (env or {}).items()})
         self.env = base
-        config = str(REPO_ROOT / "config" / "gunicorn.conf.py")
+        config = str(config or REPO_ROOT / "config" / "gunicorn.conf.py")
         self.argv = [python, "-m", "gunicorn", "-c", config, *(args or []), "wsgi:app"]
 
     @property
