@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
+from app.masking import mask_text
+
 # Anthropic's documented error types by HTTP status.
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -52,8 +54,12 @@ def status_for_error_type(error_type: str) -> int:
 
 
 def error_body(error_type: str, message: str) -> dict:
-    """`{"type":"error","error":{"type":…,"message":…}}`."""
-    return {"type": "error", "error": {"type": error_type, "message": message}}
+    """`{"type":"error","error":{"type":…,"message":…}}`, the message masked.
+
+    Every error a client sees is built here, and some carry an upstream's own words: an upstream
+    that echoes the credential it was sent ("Incorrect API key provided: …") must not show it.
+    """
+    return {"type": "error", "error": {"type": error_type, "message": mask_text(message)}}
 
 
 def error_json(error_type: str, message: str) -> bytes:

@@ -56,18 +56,26 @@ def _level(settings) -> int:
     return level if isinstance(level, int) else logging.INFO
 
 
+# Modules under app/ that log with `getLogger(__name__)` (credentials, OAuth, translation) are not
+# children of ``nexus``: without the handler on ``app`` too, their INFO lines ("OAuth token refreshed",
+# "credential file ... is newer than the stored copy") were never shown, and their warnings went out
+# unmasked through Python's last-resort handler.
+_APP_LOGGERS = (app_log, logging.getLogger("app"))
+
+
 def configure_logging(settings, stream=None) -> None:
-    """One masked stderr handler on ``nexus`` at the configured level; calling again replaces it."""
+    """One masked stderr handler on ``nexus`` and ``app`` at the configured level; calling again replaces it."""
     level = _level(settings)
-    for handler in list(app_log.handlers):
-        if getattr(handler, _HANDLER_TAG, False):
-            app_log.removeHandler(handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     setattr(handler, _HANDLER_TAG, True)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(MaskingFilter())
-    app_log.addHandler(handler)
-    app_log.setLevel(level)
+    for logger in _APP_LOGGERS:
+        for old in list(logger.handlers):
+            if getattr(old, _HANDLER_TAG, False):
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 # ---------------------------------------------------------------- access log

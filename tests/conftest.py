@@ -1,2 +1,3 @@
 """Fixtures shared by the whole suite: a fresh PostgreSQL database per run, the fake upstreams."""
 from tests.conftest_db import pg_database_url, pg_url  # noqa: F401
+from tests.fakes.server import fake_upstream, fake_upstream_server  # noqa: F401

@@ -65,6 +65,16 @@ def check(resp, allow_ok: bool = False) -> int:
     return resp.status_code
 
 
+def check_passthrough(resp) -> int:
+    """Passthrough relays the upstream's verdict (this fake answers some bodies with its own 500); the proxy
+    itself must still never fail: no "Internal proxy error", every answer Anthropic-shaped."""
+    if resp.status_code >= 500:
+        message = json.loads(resp.get_data())["error"]["message"]
+        assert message.startswith("Upstream returned HTTP 5"), message
+        return resp.status_code
+    return check(resp, allow_ok=True)
+
+
 def nested(depth: int, open_: str = "[", close: str = "]", leaf: str = "1") -> str:
     return open_ * depth + leaf + close * depth
 
@@ -162,7 +172,7 @@ def test_malformed_bodies_never_500_in_passthrough(fake, name, debug):
     """Passthrough forwards the body for the API to judge; the proxy itself must not fail on it."""
     for path in ("/v1/messages", "/v1/messages/count_tokens"):
         resp = client("passthrough", fake, debug).post(path, data=MALFORMED[name], content_type="application/json")
-        check(resp, allow_ok=True)
+        check_passthrough(resp)
 
 
 @pytest.mark.parametrize("name", list(WRONG_TYPES))
@@ -178,10 +188,13 @@ def test_wrong_types_are_400_naming_the_field(fake, name):
 @pytest.mark.parametrize("depth", [400, 900, 980])
 def test_deep_but_parseable_nesting_is_answered_with_debug_on(fake, mode, depth):
     """Just under the JSON parser's limit: the masked debug dump used to hit the recursion limit (a 500)."""
-    for field in ("metadata", "context_management"):
-        resp = client(mode, fake, debug=True).post("/v1/messages", data=with_raw(field, nested(depth)),
+    for field, raw in (("metadata", '{"x": %s}' % nested(depth)), ("context_management", nested(depth))):
+        resp = client(mode, fake, debug=True).post("/v1/messages", data=with_raw(field, raw),
                                                    content_type="application/json")
-        check(resp, allow_ok=True)
+        if mode == "passthrough":
+            check_passthrough(resp)
+        elif check(resp, allow_ok=True) != 200:  # over the parser's own limit: said so, as a 400
+            assert "nested too deeply" in resp.get_json()["error"]["message"]
 
 
 def test_a_body_over_the_limit_is_413(fake):
@@ -247,7 +260,10 @@ def mutated_requests(draw):
 def test_requests_with_wrong_types_anywhere_never_get_a_5xx(fake, body, mode, debug):
     body["stream"] = False if body.get("stream") is not True else True
     resp = client(mode, fake, debug).post("/v1/messages", data=json.dumps(body), content_type="application/json")
-    check(resp, allow_ok=True)
+    if mode == "passthrough":
+        check_passthrough(resp)
+    else:
+        check(resp, allow_ok=True)
 
 
 # ---------------------------------------------------------------- the real server
@@ -316,6 +332,19 @@ def test_a_50_mb_body_on_the_wire_is_413(server, chunked):
     still_answers(server)
 
 
+def test_a_chunked_body_of_exactly_the_limit_is_accepted(server):
+    """The over-limit check must not refuse a body that ends exactly at the limit."""
+    limit = 32 * 1024 * 1024  # MAX_REQUEST_BODY_MB default
+    text = json.dumps(VALID).encode()
+    payload = text[:-1] + b" " * (limit - len(text)) + b"}"
+    step = 1024 * 1024
+    body = b"".join(b"%x\r\n%s\r\n" % (len(payload[i:i + step]), payload[i:i + step])
+                    for i in range(0, len(payload), step)) + b"0\r\n\r\n"
+    response = raw_exchange(server.port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body, read_timeout=60)
+    assert status_of(response) == 200, response[:400]
+
+
 def test_http10_without_host_is_answered(server):
     body = json.dumps(VALID).encode()
     response = raw_exchange(server.port, b"POST /v1/messages HTTP/1.0\r\nContent-Type: application/json\r\n"
@@ -327,15 +356,19 @@ def test_http10_without_host_is_answered(server):
     still_answers(server)
 
 
-@pytest.mark.parametrize("name, head", [
-    ("header-value-20k", b"X-Big: " + b"a" * 20_000 + b"\r\n"),
-    ("cookie-100k", b"Cookie: " + b"c=" + b"v" * 100_000 + b"\r\n"),
-    ("150-headers", b"".join(b"X-H%d: v\r\n" % i for i in range(150))),
-    ("header-name-10k", b"X-" + b"n" * 10_000 + b": v\r\n"),
-    ("nul-in-header", b"X-Bad: a\x00b\r\n"),
-    ("no-colon", b"this is not a header\r\n"),
-])
-def test_header_abuse_gets_a_4xx_and_the_worker_survives(server, name, head):
+HEADER_ABUSE = {
+    "header-value-20k": b"X-Big: " + b"a" * 20_000 + b"\r\n",
+    "cookie-100k": b"Cookie: " + b"c=" + b"v" * 100_000 + b"\r\n",
+    "150-headers": b"".join(b"X-H%d: v\r\n" % i for i in range(150)),
+    "header-name-20k": b"X-" + b"n" * 20_000 + b": v\r\n",
+    "nul-in-header": b"X-Bad: a\x00b\r\n",
+    "no-colon": b"this is not a header\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(HEADER_ABUSE))
+def test_header_abuse_gets_a_4xx_and_the_worker_survives(server, name):
+    head = HEADER_ABUSE[name]
     body = json.dumps(VALID).encode()
     response = raw_exchange(server.port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n" + head +
                             b"Content-Type: application/json\r\nConnection: close\r\n"
@@ -365,8 +398,11 @@ def test_odd_anthropic_beta_lists_in_passthrough(fake, tmp_path):
             (b"team.example.com", [b"anthropic-beta: ,,, "], ["oauth-2025-04-20"]),
             (b"team.example.com", [b"anthropic-beta: x-1", b"anthropic-beta: y-2, x-1"], ["x-1", "y-2",
                                                                                            "oauth-2025-04-20"]),
-            (b"other.example.com", [b"anthropic-beta: c, ,d,,c "], ["c", "d"]),
-            (b"other.example.com", [b"anthropic-beta: x-1", b"anthropic-beta: y-2"], ["x-1", "y-2"]),
+            # a client bringing its own API key: its list goes upstream as it is (no OAuth beta)
+            (b"other.example.com\r\nx-api-key: sk-ant-api03-" + b"c" * 40, [b"anthropic-beta: c, ,d,,c "],
+             ["c", "d"]),
+            (b"other.example.com\r\nx-api-key: sk-ant-api03-" + b"c" * 40,
+             [b"anthropic-beta: x-1", b"anthropic-beta: y-2"], ["x-1", "y-2"]),
         ]
         for host, beta_lines, expected in cases:
             fake.reset()

@@ -10,6 +10,7 @@ from urllib.parse import quote
 from app import logs
 from app.errors import ProxyError, error_json, error_type_for_status, sse_error_event, upstream_error_message
 from app.exchange import Incoming, Reply
+from app.masking import mask_text
 from app.services.recording import last_user_text
 from app.services.relay import stream_failure
 from app.services.upstream import close_quietly, iter_body
@@ -137,6 +138,8 @@ class Passthrough:
             status_out = status
         else:
             status_out = resp.status
+            if status_out >= 400:
+                data = _masked(data)
         return Reply(status_out, out_headers, data, lambda: self.recorder.finish(rec, started))
 
     def _relay_stream(self, resp, rec, started: float) -> Iterator[bytes]:
@@ -162,6 +165,8 @@ class Passthrough:
                         chunk, held = chunk[:cut], chunk[cut:]
                     if not chunk:
                         continue
+                if b"event: error" in chunk:
+                    chunk = _masked(chunk)
                 yield chunk
                 if debug:
                     logs.debug_chunk(rec.request_id, chunk)
@@ -183,6 +188,13 @@ class Passthrough:
             close_quietly(resp, complete=completed and rec.error_type is None)
             _apply_usage(rec, usage)
             self.recorder.finish(rec, started)
+
+
+def _masked(data: bytes) -> bytes:
+    """An upstream error as relayed: an echoed credential ("invalid x-api-key sk-ant-…") masked."""
+    text = data.decode("utf-8", "replace")
+    masked = mask_text(text)
+    return data if masked == text else masked.encode()
 
 
 MAX_HELD = 1 << 20  # an "event" larger than this without a blank line is not SSE: relay it as it comes

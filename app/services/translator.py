@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Iterator
 
@@ -27,6 +28,19 @@ from app.version import __version__
 log = logging.getLogger("nexus.translation")
 
 PING = format_sse("ping", {"type": "ping"})
+
+# An escaped UTF-16 surrogate without its partner (json.loads accepts "\ud800"; it is not Unicode).
+_LONE_SURROGATE = re.compile(rb"(?<!\\)\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}")
+
+
+def encode_body(payload: dict) -> bytes:
+    """The upstream body. ensure_ascii (the default) is ~3x faster than ensure_ascii=False on large
+    bodies; it escapes every non-ASCII character, so a lone surrogate shows as an escape we can find."""
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    if b"\\ud" in data and _LONE_SURROGATE.search(data):
+        raise invalid_request("Request body contains an unpaired UTF-16 surrogate escape (such as \\ud800), "
+                              "which is not valid Unicode")
+    return data
 
 
 class Translator:
@@ -68,11 +82,7 @@ class Translator:
             "accept": "text/event-stream" if stream else "application/json",
             "user-agent": self.user_agent,
         }
-        try:
-            data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        except UnicodeEncodeError:  # JSON escapes like "\ud800" decode to lone surrogates, which are not Unicode
-            raise invalid_request("Request body contains an unpaired UTF-16 surrogate escape (such as \\ud800), "
-                                  "which is not valid Unicode") from None
+        data = encode_body(payload)
         logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
         resp = self.upstream.send("POST", self.url, headers, data)
         if resp.status >= 400:

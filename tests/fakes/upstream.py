@@ -130,11 +130,14 @@ def first_word(tool_result_text: str) -> str:
 
 
 def find_path(text: str) -> str | None:
-    """The first absolute file path in `text` (sentence punctuation stripped), or None."""
-    m = _PATH_RE.search(text)
-    if not m:
+    """The last absolute file path in `text` (sentence punctuation stripped), or None.
+
+    The last, because Claude Code puts its skills list (`/config`, …) before the user's prompt.
+    """
+    found = _PATH_RE.findall(text)
+    if not found:
         return None
-    path = m.group(1).rstrip(".,;:!?)>]}")
+    path = found[-1].rstrip(".,;:!?)>]}")
     return path if len(path) > 1 else None
 
 
