@@ -45,8 +45,6 @@ gunicorn.arbiter.Arbiter.handle_int = gunicorn.arbiter.Arbiter.handle_term
 def when_ready(server):
     print(f"claude-nexus-proxy listening on {', '.join(bind)} (mode: {_settings.proxy_mode}, "
           f"workers: {workers})", flush=True)
-    if _settings.report_interval:
-        print(f"Token usage tracking started (reporting every {_settings.report_interval:g}s)", flush=True)
 
 
 def post_worker_init(worker):

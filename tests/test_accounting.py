@@ -16,7 +16,6 @@ from app.storage.base import StorageDataError, StorageError
 from app.storage.postgres import PostgresStorage
 from app.storage.sqlite import SqliteStorage
 from config.settings import Settings
-from tests.conftest_db import pg_database_url, pg_url  # noqa: F401  (fixtures)
 
 SETTINGS = Settings.from_env({"TOKEN_REPORT_INTERVAL": "0", "USAGE_DB_PATH": ":memory:"})
 SECRET_URL = "postgresql://nexus:hunter2-db-password@db.internal:5432/usage"

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.fakes import upstream
-from tests.fakes.server import REPO_ROOT, FakeUpstream, ProxyServer, fake_upstream, fake_upstream_server  # noqa: F401
+from tests.fakes.server import REPO_ROOT, FakeUpstream, ProxyServer
 
 READ_TOOL = {"name": "Read", "description": "Read a file",
              "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}},

@@ -17,7 +17,6 @@ from app.storage.base import StorageError
 from app.storage.postgres import PostgresStorage
 from app.storage.sqlite import SqliteStorage
 from config.settings import Settings
-from tests.conftest_db import pg_database_url, pg_url  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = time.time()

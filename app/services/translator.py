@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from typing import Iterator
 
 from app import logs
@@ -54,13 +53,7 @@ class Translator:
     # -- POST /v1/messages ------------------------------------------------------------------
     def messages(self, inc: Incoming, started: float) -> Reply:
         rec = inc.record
-        body = inc.json()
-        try:
-            validate_messages_request(body)
-        except RequestValidationError as exc:
-            raise invalid_request(str(exc)) from None
-        rec.model_requested = body.get("model")
-        rec.request_type = classify_request(body)
+        body = _read_request(inc, validate_messages_request)
         rec.user_text = last_user_text(body)
         stream = body.get("stream") is True
         rec.stream = stream
@@ -177,20 +170,14 @@ class Translator:
             rec.tool_names = list(translator.tool_names)
             rec.assistant_text = translator.text
             if translator.failed and rec.error_type is None:
-                rec.error_type = getattr(translator, "error_type", None) or "api_error"
-                rec.error_message = getattr(translator, "error_message", None)
+                rec.error_type = translator.error_type or "api_error"
+                rec.error_message = translator.error_message
             self.recorder.finish(rec, started)
 
     # -- POST /v1/messages/count_tokens ---------------------------------------------------------
     def count_tokens(self, inc: Incoming, started: float) -> Reply:
         rec = inc.record
-        body = inc.json()
-        try:
-            validate_count_tokens_request(body)
-        except RequestValidationError as exc:
-            raise invalid_request(str(exc)) from None
-        rec.model_requested = body.get("model")
-        rec.request_type = classify_request(body)
+        body = _read_request(inc, validate_count_tokens_request)
         rec.status = 200
         return json_reply(200, {"input_tokens": estimate_input_tokens(body)},
                           on_close=lambda: self.recorder.finish(rec, started))
@@ -205,3 +192,14 @@ class Translator:
         raise ProxyError(401, "No upstream API key: set CLAUDE_CODE_PROXY_API_KEY on the proxy, "
                               "or send your own key as x-api-key or Authorization: Bearer", "authentication_error")
 
+
+def _read_request(inc: Incoming, validate) -> dict:
+    """The validated body (a 400 naming the field otherwise); the record learns the model and request type."""
+    body = inc.json()
+    try:
+        validate(body)
+    except RequestValidationError as exc:
+        raise invalid_request(str(exc)) from None
+    inc.record.model_requested = body.get("model")
+    inc.record.request_type = classify_request(body)
+    return body

@@ -10,6 +10,24 @@ from app.records import RequestRecord
 
 SCHEMA_VERSION = 1
 
+
+def apply_migrations(execute, migrations: Sequence[Sequence[str]], placeholder: str) -> None:
+    """Bring the schema to SCHEMA_VERSION, recording it in nexus_meta; the caller holds the migration lock.
+
+    `execute(sql, params)` is the backend's cursor call; `placeholder` its parameter marker.
+    """
+    execute("CREATE TABLE IF NOT EXISTS nexus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", ())
+    row = execute("SELECT value FROM nexus_meta WHERE key = 'schema_version'", ()).fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StorageError(f"database schema version {version} is newer than this proxy ({SCHEMA_VERSION})")
+    for target in range(version, SCHEMA_VERSION):
+        for stmt in migrations[target]:
+            execute(stmt, ())
+    if version != SCHEMA_VERSION:
+        execute(f"INSERT INTO nexus_meta (key, value) VALUES ('schema_version', {placeholder})"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+
 # camelCase keys of /token-stats, in the order they are shown.
 DOMAIN_KEYS = (
     "inputTokens", "outputTokens", "cacheCreationInputTokens", "cacheReadInputTokens",

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 from app.records import RequestRecord
 from app.storage.base import (
     COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
-    model_dict, request_row, stats_query,
+    apply_migrations, model_dict, request_row, stats_query,
 )
 
 log = logging.getLogger("nexus.storage")
@@ -196,17 +196,7 @@ class PostgresStorage(Storage):
         conn.commit()
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (ns, _LOCK_MIGRATE))
-            conn.execute("CREATE TABLE IF NOT EXISTS nexus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = conn.execute("SELECT value FROM nexus_meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StorageError(f"database schema version {version} is newer than this proxy ({SCHEMA_VERSION})")
-            for target in range(version, SCHEMA_VERSION):
-                for stmt in MIGRATIONS[target]:
-                    conn.execute(stmt)
-            if version != SCHEMA_VERSION:
-                conn.execute("INSERT INTO nexus_meta (key, value) VALUES ('schema_version', %s)"
-                             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (str(SCHEMA_VERSION),))
+            apply_migrations(conn.execute, MIGRATIONS, "%s")
         self._migrated = True
 
     def schema_version(self) -> int:

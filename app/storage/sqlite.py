@@ -12,7 +12,7 @@ from typing import Sequence
 from app.records import RequestRecord
 from app.storage.base import (
     COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
-    model_dict, request_row, stats_query,
+    apply_migrations, model_dict, request_row, stats_query,
 )
 
 log = logging.getLogger("nexus.storage")
@@ -127,17 +127,7 @@ class SqliteStorage(Storage):
         # BEGIN IMMEDIATE takes the write lock first: workers starting together migrate one at a time.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("CREATE TABLE IF NOT EXISTS nexus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = conn.execute("SELECT value FROM nexus_meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StorageError(f"database schema version {version} is newer than this proxy ({SCHEMA_VERSION})")
-            for target in range(version, SCHEMA_VERSION):
-                for stmt in MIGRATIONS[target]:
-                    conn.execute(stmt)
-            if version != SCHEMA_VERSION:
-                conn.execute("INSERT INTO nexus_meta (key, value) VALUES ('schema_version', ?)"
-                             " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+            apply_migrations(conn.execute, MIGRATIONS, "?")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -191,9 +191,7 @@ class _Conversation:
         for j, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
-                text = block.get("text")
-                if not isinstance(text, str):
-                    raise UnsupportedContent(f"messages.{i}.content.{j}.text: must be a string")
+                text = _block_text(block, i, j)
                 if text:
                     texts.append(text)
             elif kind == "tool_use":
@@ -243,9 +241,7 @@ class _Conversation:
         for j, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
-                text = block.get("text")
-                if not isinstance(text, str):
-                    raise UnsupportedContent(f"messages.{i}.content.{j}.text: must be a string")
+                text = _block_text(block, i, j)
                 if text:
                     parts.append({"type": "text", "text": text})
             elif kind == "tool_result":
@@ -371,3 +367,10 @@ def _user_hash(metadata: Any) -> str | None:
             parsed.pop("session_id", None)
             key = json.dumps(parsed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _block_text(block: dict, i: int, j: int) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise UnsupportedContent(f"messages.{i}.content.{j}.text: must be a string")
+    return text
