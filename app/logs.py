@@ -60,7 +60,8 @@ def _level(settings) -> int:
 # children of ``nexus``: without the handler on ``app`` too, their INFO lines ("OAuth token refreshed",
 # "credential file ... is newer than the stored copy") were never shown, and their warnings went out
 # unmasked through Python's last-resort handler.
-_APP_LOGGERS = (app_log, logging.getLogger("app"))
+# psycopg: its pool reports connection failures (during a database outage) on its own logger
+_APP_LOGGERS = (app_log, logging.getLogger("app"), logging.getLogger("psycopg"))
 
 
 def configure_logging(settings, stream=None) -> None:
@@ -75,7 +76,8 @@ def configure_logging(settings, stream=None) -> None:
             if getattr(old, _HANDLER_TAG, False):
                 logger.removeHandler(old)
         logger.addHandler(handler)
-        logger.setLevel(level)
+        # psycopg's own debug output is noise for an operator; its warnings are what matter
+        logger.setLevel(max(level, logging.WARNING) if logger.name == "psycopg" else level)
 
 
 # ---------------------------------------------------------------- access log

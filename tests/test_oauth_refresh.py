@@ -587,3 +587,29 @@ def test_store_is_not_used_for_api_keys_or_without_support(tmp_path, fleet):
     m = CredentialManager(make_settings(host_file(tmp_path, "z", int(time.time() * 1000) - 1)), store=store)
     assert m.resolve(DOMAIN, {}).secret == tokens.issued[0]
     assert store.saves == []
+
+
+def test_a_refresh_made_while_the_store_was_down_reaches_it_when_it_is_back(tmp_path):
+    """Otherwise the store keeps a refresh token already rotated away, and every other host fails."""
+    store, tokens = FakeStore(), RotatingTokens()
+    later = int(time.time() * 1000) + 3_600_000
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.POST, TOKEN_URL, callback=tokens.responses_callback)
+        a = CredentialManager(make_settings(host_file(tmp_path, "a", later)), store=store)
+        b = CredentialManager(make_settings(host_file(tmp_path, "b", later)), store=store)
+        a.validate_all()
+        b.validate_all()
+        first = a.refresh_after_unauthorized(a.resolve(DOMAIN, {}))
+        assert b.refresh_after_unauthorized(b.resolve(DOMAIN, {})).secret == first.secret
+        store.down = True
+        a._slots[0].state.refreshed_at -= 60  # past the guard against refreshing twice in 30 s
+        second = a.refresh_after_unauthorized(a.resolve(DOMAIN, {}))  # falls back to the file lock
+        assert second is not None and tokens.calls == 2
+        store.down = False
+        time.sleep(1.1)  # files are re-checked at most once a second
+        a.resolve(DOMAIN, {})
+        assert store.rows[DOMAIN][0]["oauth"]["accessToken"] == second.secret
+        b._slots[0].state.refreshed_at -= 60
+        renewed = b.refresh_after_unauthorized(b.resolve(DOMAIN, {}))
+        assert renewed is not None and renewed.secret == second.secret
+        assert tokens.calls == 2  # b took the stored copy; nothing refreshed with a rotated-away token

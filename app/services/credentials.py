@@ -184,6 +184,7 @@ class _FileState:
         self.retry_at = 0.0
         self.refreshed_at = float("-inf")
         self.refreshing = False
+        self.store_pending = False  # refreshed while the shared store was down: push it when it is back
 
     def get(self, name: str):
         """A top-level field of the file (e.g. `client_api_key`, `slack`)."""
@@ -422,10 +423,23 @@ class CredentialManager:
             if st.found or st.error != reason:
                 self._mark_unusable(st, found=False, error=reason)
             return
+        if st.store_pending:
+            self._push_pending(st)
         if (s.st_mtime_ns, s.st_size, s.st_ino) == st.sig:
             return
         with st.lock:  # another greenlet may be loading it (the store sync can yield)
             self._load(st)
+
+    def _push_pending(self, st: _FileState) -> None:
+        """Hand the store a token refreshed during its outage, once it answers again."""
+        with st.lock:
+            if not st.store_pending:
+                return
+            try:
+                self._sync_store(st, locked=False)
+            except _StoreDown:
+                return
+            st.store_pending = False
 
     def _load(self, st: _FileState) -> None:
         try:
@@ -519,6 +533,8 @@ class CredentialManager:
                     self._check_file(st, self._clock())
                     if self._needs_refresh(st, stale, self._clock()):
                         self._refresh_now(st, domain)
+                        # The refresh rotated the token the store holds: the other hosts need this copy.
+                        st.store_pending = self._store_enabled()
             except OAuthError as exc:
                 st.last_refresh_error = str(exc)
                 st.retry_at = self._clock() + RETRY_AFTER_FAILURE

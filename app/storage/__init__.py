@@ -5,9 +5,11 @@ from app.storage.base import Storage, StorageError
 
 __all__ = ["Storage", "StorageError", "open_storage", "is_postgres_url"]
 
-# Pool size per worker process: the flusher, /token-stats readers and credential loads share it;
-# every request's accounting goes through the one flusher, so a few connections are plenty.
-DEFAULT_POOL_MAX = 4
+# Pool size per worker process: the flusher, /token-stats readers and credential loads share it.
+# Every request's accounting goes through the one flusher, so a few connections serve even a worker
+# holding thousands of streams; the size grows a little with the worker's connection limit.
+def pool_size(worker_connections: int) -> int:
+    return max(2, min(10, worker_connections // 250))
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -22,7 +24,7 @@ def open_storage(settings) -> Storage:
         from app.storage.postgres import PostgresStorage
 
         return PostgresStorage(url, retention_rows=retention,
-                               pool_max=getattr(settings, "db_pool_max", DEFAULT_POOL_MAX))
+                               pool_max=pool_size(getattr(settings, "worker_connections", 1000)))
     from app.storage.sqlite import SqliteStorage
 
     return SqliteStorage(getattr(settings, "usage_db_path", "data/usage.sqlite3"), retention_rows=retention)

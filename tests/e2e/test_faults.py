@@ -663,7 +663,10 @@ def test_200_client_disconnects_leak_nothing_and_accounting_stays_exact(proxies,
         if count >= DISCONNECTS:
             break
         time.sleep(0.2)
-    assert token_stats(proxy.port)["disconnect.test"]["requestCount"] == DISCONNECTS
+    disconnected = token_stats(proxy.port)["disconnect.test"]
+    assert disconnected["requestCount"] == DISCONNECTS
+    print(f"\n{mode}: {disconnected['errorCount']} of {DISCONNECTS} streams were cut by their client")
+    assert disconnected["errorCount"] >= DISCONNECTS // 4  # most clients really left mid-stream
 
     # then complete requests with known upstream usage: the totals must be exact
     for i in range(COMPLETED):
