@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Mapping
 
 import pytest
 
-from tests.fakes.server import ProxyServer, fake_upstream, fake_upstream_server  # noqa: F401  (fixtures)
+from tests.fakes.server import ProxyServer
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,21 @@ def slow_upstream() -> Iterator[SlowUpstream]:
     server = SlowUpstream()
     yield server
     server.stop()
+
+
+def hang_up_mid_stream(proxy: ProxyServer, body: dict, slow_upstream: SlowUpstream) -> None:
+    """Stream `body` over a raw socket, leave after two text deltas, and check the proxy hangs up upstream."""
+    raw = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(raw) + raw)
+    received = b""
+    while received.count(b"event: content_block_delta") < 2:
+        data = sock.recv(65536)
+        assert data, "the proxy closed the stream early"
+        received += data
+    sock.close()
+    sent_then = slow_upstream.sent
+    # the slow upstream would go on for a minute; the proxy must hang up on it within a few gaps
+    assert slow_upstream.closed.wait(8), "upstream connection still open after the client left"
+    assert slow_upstream.sent - sent_then <= 15  # events, 0.2 s apart: closed within ~3 s at worst

@@ -17,9 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.cli_helpers import (DOCS, REPO_ROOT, CliRun, InternetTrap, Project, doc_blocks, doc_env, doc_json, find_claude,
+from tests.e2e.cli_helpers import (REPO_ROOT, CliRun, InternetTrap, Project, doc_blocks, doc_env, doc_json, find_claude,
                                    in_ci, run_claude, stats_delta, substitute, token_stats, wait_for_stats)
-from tests.fakes import upstream as fake_model
 from tests.fakes.server import FakeUpstream, ProxyServer
 
 CLAUDE, CLAUDE_WHY = find_claude()

@@ -6,7 +6,6 @@ import gzip
 import http.client
 import json
 import os
-import socket
 import stat
 import threading
 import time
@@ -15,6 +14,8 @@ import zlib
 import anthropic
 import pytest
 import requests
+
+from tests.e2e.conftest import hang_up_mid_stream
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -524,19 +525,7 @@ def test_count_tokens_forwarded(proxy, fake):
 def test_client_disconnect_closes_upstream(start_proxy, slow_upstream):
     proxy = start_proxy(_env(slow_upstream.url, CLAUDE_API_KEY=ENV_CLAUDE_KEY))
     slow_upstream.reset()
-    body = json.dumps(hello(stream=True)).encode()
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
-    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    received = b""
-    while received.count(b"event: content_block_delta") < 2:
-        data = sock.recv(65536)
-        assert data, "the proxy closed the stream early"
-        received += data
-    sock.close()
-    left_at, sent_then = time.monotonic(), slow_upstream.sent
-    assert slow_upstream.closed.wait(8), "upstream connection still open after the client left"
-    assert slow_upstream.sent - sent_then <= 15  # events, 0.2 s apart: closed within ~3 s at worst
+    hang_up_mid_stream(proxy, hello(stream=True), slow_upstream)
     assert slow_upstream.headers[0]["x-api-key"] == ENV_CLAUDE_KEY
     assert requests.get(proxy.url + "/", timeout=5).status_code == 200
 

@@ -3,7 +3,6 @@ and the official `anthropic` SDK as the client (raw HTTP where the wire itself i
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import anthropic
@@ -11,6 +10,7 @@ import pytest
 import requests
 
 from tests.fakes.server import free_port
+from tests.e2e.conftest import hang_up_mid_stream
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -594,20 +594,8 @@ def test_client_disconnect_closes_the_upstream_connection(start_proxy, slow_upst
     proxy = start_proxy({"PROXY_MODE": "translation", "ANTHROPIC_PROXY_BASE_URL": slow_upstream.url,
                          "CLAUDE_CODE_PROXY_API_KEY": PROXY_KEY, "STREAM_PING_INTERVAL": "0.3"})
     slow_upstream.reset()
-    body = json.dumps({"model": MODEL, "max_tokens": 32, "stream": True, "messages": user("go")}).encode()
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
-    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    received = b""
-    while received.count(b"event: content_block_delta") < 2:
-        data = sock.recv(65536)
-        assert data, "the proxy closed the stream early"
-        received += data
-    sock.close()
-    left_at, sent_then = time.monotonic(), slow_upstream.sent
-    # the slow upstream would go on for a minute; the proxy must hang up on it within a few gaps
-    assert slow_upstream.closed.wait(8), "upstream connection still open after the client left"
-    assert slow_upstream.sent - sent_then <= 15  # events, 0.2 s apart: closed within ~3 s at worst
+    hang_up_mid_stream(proxy, {"model": MODEL, "max_tokens": 32, "stream": True, "messages": user("go")},
+                       slow_upstream)
     assert requests.get(proxy.url + "/", timeout=5).status_code == 200
 
 
