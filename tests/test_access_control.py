@@ -15,7 +15,7 @@ import pytest
 
 from app import create_app
 from config.settings import Settings
-from tests.fakes.server import FakeUpstream, ProxyServer, fake_upstream, fake_upstream_server  # noqa: F401
+from tests.fakes.server import ProxyServer, fake_upstream, fake_upstream_server  # noqa: F401  (fixtures)
 
 PROXY_KEY = "nexus-proxy-key-7f3a9c1e5b2d4f6a8c0e"
 OTHER_PROXY_KEY = "nexus-proxy-key-second-0b1c2d3e4f5a6b7c"
@@ -334,6 +334,7 @@ def test_no_header_or_body_field_changes_where_the_proxy_connects(tmp_path, fake
         resp = client.post("/v1/messages", json=dict(_steering_body(target), stream=stream),
                            headers=_steering_headers(target))
         assert resp.status_code == 200, resp.get_data(as_text=True)
+        assert b"message_stop" in resp.get_data() or resp.get_json()["type"] == "message"
     if mode == "passthrough":
         for path in (f"/v1/messages/..%2F..%2F@{target}", f"/v1//{target}/v1/messages", "/v1/models"):
             client.get(path, headers=_steering_headers(target))

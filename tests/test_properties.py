@@ -363,7 +363,6 @@ def _split(text: str, cuts: list[int]) -> list[str]:
 @st.composite
 def chunk_streams(draw) -> dict:
     """OpenAI chunks with text, reasoning and tool-call fragments interleaved at random."""
-    items: list[tuple[str, object]] = []  # (kind, payload) in per-kind order; merged at random below
     text_parts = draw(st.lists(st.text(min_size=1, max_size=12), max_size=6))
     reasoning_parts = draw(st.lists(st.text(min_size=1, max_size=12), max_size=4))
     tools = []

@@ -12,7 +12,7 @@ from app.errors import ProxyError, error_json, error_type_for_status, sse_error_
 from app.exchange import Incoming, Reply
 from app.masking import mask_text
 from app.services.recording import last_user_text
-from app.services.relay import stream_failure
+from app.services.relay import StreamBody, abandoned, stream_failure
 from app.services.upstream import close_quietly, iter_body
 from app.sse import SSEDecoder
 from app.usage import StreamUsage, classify_request, usage_from_message
@@ -114,7 +114,8 @@ class Passthrough:
         out_headers = response_headers(resp.headers)
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             rec.stream = True
-            return Reply(resp.status, out_headers, self._relay_stream(resp, rec, started), streaming=True)
+            body = StreamBody(self._relay_stream(resp, rec, started), abandoned(resp, rec, self.recorder, started))
+            return Reply(resp.status, out_headers, body, streaming=True)
         try:
             data = resp.read()
         except Exception as exc:

@@ -8,6 +8,7 @@ from gevent.queue import Empty, Queue
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
 from app.errors import ProxyError, error_type_for_status, upstream_error_message
+from app.services.upstream import close_quietly
 
 _END = object()
 
@@ -80,3 +81,41 @@ def read_error_body(resp, limit: int = 65536) -> bytes:
             resp.close()
         except Exception:
             pass
+
+
+class StreamBody:
+    """A streamed answer handed to the WSGI server.
+
+    A generator's `finally` only runs once it has started: if the server closes the body before asking
+    for the first chunk (the client left at once), `abandon` does the generator's cleanup instead, so the
+    upstream connection is closed and the request is still accounted.
+    """
+
+    __slots__ = ("_gen", "_started", "_abandon")
+
+    def __init__(self, gen: Iterator[bytes], abandon) -> None:
+        self._gen = gen
+        self._started = False
+        self._abandon = abandon
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._started = True
+        return self._gen
+
+    def close(self) -> None:
+        if not self._started:
+            self._started = True
+            self._abandon()
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+
+def abandoned(resp, rec, recorder, started: float):
+    """The cleanup of a stream the client left before it began."""
+    def abandon() -> None:
+        close_quietly(resp)
+        rec.error_type = rec.error_type or "client_disconnected"
+        recorder.finish(rec, started)
+
+    return abandon

@@ -12,7 +12,8 @@ from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
 from app.masking import mask_secret
 from app.services.access import presented_key
 from app.services.recording import last_user_text
-from app.services.relay import read_error_body, stream_failure, upstream_http_error, with_keepalive
+from app.services.relay import (StreamBody, abandoned, read_error_body, stream_failure, upstream_http_error,
+                                with_keepalive)
 from app.services.upstream import close_quietly, iter_body
 from app.sse import SSEDecoder
 from app.translation.models import route
@@ -86,8 +87,8 @@ class Translator:
             return self._json(resp, rec, model, stop_sequences, started)
         translator = StreamTranslator(model=model, stop_sequences=stop_sequences,
                                       input_tokens=estimate_input_tokens(body))
-        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)],
-                     self._stream(resp, translator, rec, started), streaming=True)
+        body = StreamBody(self._stream(resp, translator, rec, started), abandoned(resp, rec, self.recorder, started))
+        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
 
     def _json(self, resp, rec, model, stop_sequences, started) -> Reply:
         try:
