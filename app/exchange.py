@@ -27,7 +27,7 @@ class Incoming:
         if not self.body:
             raise invalid_request("Request body is empty; expected a JSON object")
         try:
-            data = json.loads(self.body.decode("utf-8"))
+            data = json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
         except UnicodeDecodeError:
             raise invalid_request("Request body is not valid UTF-8") from None
         except ValueError as exc:
@@ -37,6 +37,11 @@ class Incoming:
         if not isinstance(data, dict):
             raise invalid_request("Request body must be a JSON object")
         return data
+
+
+def _reject_constant(name: str):
+    # Python's json accepts NaN and Infinity; JSON does not, and upstreams answer them with odd errors.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 @dataclass

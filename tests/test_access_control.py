@@ -417,3 +417,20 @@ def test_world_readable_credential_file_gets_a_startup_warning(tmp_path, fake_up
     assert all("loose.example.com" in line and "chmod 600" in line for line in lines)
     assert not any("tight.example.com" in line for line in lines)
     assert TEAM_ANTHROPIC_KEY not in output
+
+
+def test_a_mapped_domain_whose_file_cannot_be_read_fails_closed(tmp_path):
+    """Its file may hold the client_api_key that protects it: unknown means refused, not open."""
+    from app import create_app
+    from config.settings import Settings
+
+    settings = Settings.from_env({
+        "USAGE_DB_PATH": str(tmp_path / "u.sqlite3"), "TOKEN_REPORT_INTERVAL": "0",
+        "CLAUDE_CODE_PROXY_API_KEY": "upstream-key-for-translation",
+        "DOMAIN_CREDENTIAL_MAPPING": json.dumps({"team.example.com": str(tmp_path / "missing.json")}),
+    })
+    client = create_app(settings, start_background=False).test_client()
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    resp = client.post("/v1/messages", json=body, headers={"Host": "team.example.com"})
+    assert resp.status_code == 401 and resp.get_json()["error"]["type"] == "authentication_error"
+    assert "cannot be read" in resp.get_json()["error"]["message"]

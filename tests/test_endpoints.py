@@ -176,3 +176,13 @@ def test_token_stats_shape(tmp_path):
 def test_token_stats_rejects_a_bad_range(tmp_path):
     client = make_client(tmp_path)
     assert_anthropic_error(client.get("/token-stats?since=yesterday-ish"), 400, "invalid_request_error")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(tmp_path, constant):
+    client = make_client(tmp_path, CLAUDE_CODE_PROXY_API_KEY="k")
+    body = ('{"model": "m", "max_tokens": 5, "temperature": %s, "messages": [{"role": "user", "content": "hi"}]}'
+            % constant).encode()
+    resp = client.post("/v1/messages", data=body, content_type="application/json")
+    message = assert_anthropic_error(resp, 400, "invalid_request_error")["error"]["message"]
+    assert constant in message

@@ -41,6 +41,11 @@ class AccessControl:
         if domain_key:
             keys = keys + (domain_key.encode(),)
         if not keys:
+            if self.credentials.mapped_but_unreadable(host):
+                # fail closed: the unreadable file may carry the key that protects this domain
+                raise ProxyError(401, "The credential file for this domain cannot be read, so its access key is "
+                                      "unknown; the proxy refuses its requests until the file is fixed",
+                                 "authentication_error")
             return None
         given = presented_key(headers)
         if given:

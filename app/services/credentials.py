@@ -283,6 +283,14 @@ class CredentialManager:
         value = self._field_for(host, "client_api_key")
         return value if isinstance(value, str) and value else None
 
+    def mapped_but_unreadable(self, host: str) -> bool:
+        """The host is mapped but its file could not be read: whether it holds a `client_api_key` is unknown."""
+        slot = self._by_host.get(host_without_port(host))
+        if slot is None:
+            return False
+        self._field_for(host, "client_api_key")  # re-checks the file at most once a second
+        return slot.state.data is None
+
     def slack_override_for(self, host: str) -> dict | None:
         """The `slack` block of the host's mapped credential file."""
         value = self._field_for(host, "slack")
