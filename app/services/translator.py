@@ -29,15 +29,40 @@ log = logging.getLogger("nexus.translation")
 
 PING = format_sse("ping", {"type": "ping"})
 
-# An escaped UTF-16 surrogate without its partner (json.loads accepts "\ud800"; it is not Unicode).
-_LONE_SURROGATE = re.compile(rb"(?<!\\)\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}")
+# An escaped UTF-16 surrogate (json.loads accepts a lone "\ud800"; it is not Unicode, and upstreams reject it).
+_SURROGATE_ESCAPE = re.compile(rb"\\ud[89a-f][0-9a-f]{2}")
+
+
+def _has_lone_surrogate(data: bytes) -> bool:
+    """Whether an escaped high surrogate lacks its low partner right after it, or a low one stands alone.
+
+    Literal-prefixed matching keeps this linear; `\\` before a match means escaped text, not an escape.
+    """
+    expect_low_at = -1
+    for m in _SURROGATE_ESCAPE.finditer(data):
+        start = m.start()
+        backslashes = 0
+        while start - backslashes - 1 >= 0 and data[start - backslashes - 1] == 0x5C:
+            backslashes += 1
+        if backslashes % 2:
+            continue
+        high = data[start + 3] in b"89ab"
+        if expect_low_at >= 0:
+            if start != expect_low_at or high:
+                return True
+            expect_low_at = -1
+        elif high:
+            expect_low_at = m.end()
+        else:
+            return True
+    return expect_low_at >= 0
 
 
 def encode_body(payload: dict) -> bytes:
     """The upstream body. ensure_ascii (the default) is ~3x faster than ensure_ascii=False on large
     bodies; it escapes every non-ASCII character, so a lone surrogate shows as an escape we can find."""
     data = json.dumps(payload, separators=(",", ":")).encode()
-    if b"\\ud" in data and _LONE_SURROGATE.search(data):
+    if b"\\ud" in data and _has_lone_surrogate(data):
         raise invalid_request("Request body contains an unpaired UTF-16 surrogate escape (such as \\ud800), "
                               "which is not valid Unicode")
     return data
