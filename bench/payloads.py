@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,9 @@ SOURCE_LINES = [
 
 
 def fixture_path() -> Path | None:
-    """The captured turn-2 body, from $NEXUS_SHARED_DIR, ../shared next to the repo, or /work/shared."""
-    for base in (os.environ.get("NEXUS_SHARED_DIR"), REPO_ROOT.parent / "shared", "/work/shared"):
-        if base and (Path(base) / _FIXTURE).is_file():
-            return Path(base) / _FIXTURE
-    return None
+    """The captured turn-2 body (tests/fixtures, copied from the Claude Code CLI's real traffic)."""
+    path = REPO_ROOT / "tests" / _FIXTURE
+    return path if path.is_file() else None
 
 
 def small_request(stream: bool) -> dict:

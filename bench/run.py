@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from bench import payloads, procstat
 from tests.fakes.server import REPO_ROOT, FakeUpstream, ProxyServer

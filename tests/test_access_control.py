@@ -15,7 +15,7 @@ import pytest
 
 from app import create_app
 from config.settings import Settings
-from tests.fakes.server import ProxyServer, fake_upstream, fake_upstream_server  # noqa: F401  (fixtures)
+from tests.fakes.server import ProxyServer
 
 PROXY_KEY = "nexus-proxy-key-7f3a9c1e5b2d4f6a8c0e"
 OTHER_PROXY_KEY = "nexus-proxy-key-second-0b1c2d3e4f5a6b7c"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -21,10 +20,7 @@ OPENAI_READ_TOOL = {"type": "function", "function": {"name": "Read", "parameters
 
 
 def _fixture_dir() -> Path:
-    for base in (os.environ.get("NEXUS_SHARED_DIR"), REPO_ROOT.parent / "shared", "/work/shared"):
-        if base and (Path(base) / "fixtures" / "claude-code-2.1.197").is_dir():
-            return Path(base) / "fixtures" / "claude-code-2.1.197"
-    pytest.skip("Claude Code fixtures (shared/fixtures/claude-code-2.1.197) not found")
+    return REPO_ROOT / "tests" / "fixtures" / "claude-code-2.1.197"
 
 
 def _sse_events(raw: bytes) -> list[str]:

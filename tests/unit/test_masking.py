@@ -214,7 +214,7 @@ def test_mask_json_cuts_long_strings_after_masking():
 def test_mask_json_leaves_a_real_claude_code_body_unchanged():
     # A real Claude Code body has no secret-named keys: masking must not change its structure or counters.
     import pathlib
-    path = pathlib.Path("/work/shared/fixtures/claude-code-2.1.197/messages-turn1.json")
+    path = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "claude-code-2.1.197" / "messages-turn1.json"
     if not path.exists():
         pytest.skip("shared Claude Code fixture not available")
     body = json.loads(path.read_text())

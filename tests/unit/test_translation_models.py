@@ -7,7 +7,7 @@ import pytest
 
 from app.translation.models import Route, route, wants_thinking
 
-FIXTURES = Path("/work/shared/fixtures/claude-code-2.1.197")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "claude-code-2.1.197"
 
 SETTINGS = dict(
     reasoning_model="deepseek-r1",

@@ -12,7 +12,7 @@ from app.translation.request import UnsupportedContent, anthropic_to_openai
 from app.translation.schema import clean_schema
 from app.translation.tokens import IMAGE_TOKENS, estimate_input_tokens
 
-FIXTURES = Path("/work/shared/fixtures/claude-code-2.1.197")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "claude-code-2.1.197"
 ROUTE = Route(model="upstream-model", max_tokens=1024, reasoning=False)
 ALLOWED_TOP_LEVEL = {
     "model", "messages", "max_tokens", "stream", "stream_options", "temperature", "top_p", "stop",

@@ -10,7 +10,7 @@ from app.translation.validation import (
     validate_messages_request,
 )
 
-FIXTURES = Path("/work/shared/fixtures/claude-code-2.1.197")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "claude-code-2.1.197"
 
 
 def good(**changes):
