@@ -101,6 +101,10 @@ def invalid_request(message: str) -> ProxyError:
     return ProxyError(400, message, "invalid_request_error")
 
 
+def body_too_large(limit: int) -> ProxyError:
+    return ProxyError(413, f"Request body is too large (limit {limit} bytes)", "request_too_large")
+
+
 def upstream_error_message(status: int, body: bytes | str | None) -> str:
     """The upstream's own message from an error body (Anthropic or OpenAI shape), else a short generic one."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")

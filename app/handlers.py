@@ -6,14 +6,13 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from app.errors import ProxyError, error_json, error_type_for_status
+from app.errors import ProxyError, body_too_large, error_json, error_type_for_status
 
 log = logging.getLogger("nexus")
 
 _MESSAGES = {
     404: "Not found: {path}",
     405: "Method {method} is not allowed for {path}",
-    413: "Request body is too large (limit {limit} bytes)",
 }
 
 
@@ -32,10 +31,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         status = exc.code or 500
+        if status == 413:
+            return proxy_error(body_too_large(app.config["MAX_CONTENT_LENGTH"]))
         template = _MESSAGES.get(status)
         if template:
-            message = template.format(path=request.path, method=request.method,
-                                      limit=app.config.get("MAX_CONTENT_LENGTH"))
+            message = template.format(path=request.path, method=request.method)
         else:
             message = exc.description or exc.name
         resp = _reply(status, error_type_for_status(status), message)

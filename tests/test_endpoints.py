@@ -186,3 +186,11 @@ def test_nan_and_infinity_are_not_json(tmp_path, constant):
     resp = client.post("/v1/messages", data=body, content_type="application/json")
     message = assert_anthropic_error(resp, 400, "invalid_request_error")["error"]["message"]
     assert constant in message
+
+
+def test_a_body_over_the_limit_is_still_accounted(tmp_path):
+    client = make_client(tmp_path, MAX_REQUEST_BODY_MB="0.01", CLAUDE_CODE_PROXY_API_KEY="k")
+    resp = client.post("/v1/messages", data=b"{" + b" " * 20000 + b"}", content_type="application/json")
+    assert resp.status_code == 413
+    stats = client.get("/token-stats").get_json()["stats"]["localhost"]
+    assert stats["requestCount"] == 1 and stats["errorCount"] == 1

@@ -7,7 +7,7 @@ import uuid
 from flask import Blueprint, Response, current_app, request
 
 from app import logs
-from app.errors import ProxyError
+from app.errors import ProxyError, body_too_large
 from app.exchange import Incoming, Reply
 from app.records import RequestRecord
 from app.services.credentials import host_without_port
@@ -46,12 +46,13 @@ def _handle(kind: str) -> Response:
     )
     try:
         client_key = services.access.check(host, headers)
+        limit = settings.max_body_bytes
+        if (request.content_length or 0) > limit:
+            raise body_too_large(limit)
         body = request.get_data(cache=False)
-        if len(body) >= settings.max_body_bytes and request.content_length is None \
-                and request.environ["wsgi.input"].read(1):
+        if len(body) >= limit and request.content_length is None and request.environ["wsgi.input"].read(1):
             # A chunked body stops at the limit without an error (werkzeug); more bytes waiting means too large.
-            raise ProxyError(413, f"Request body is too large (limit {settings.max_body_bytes} bytes)",
-                             "request_too_large")
+            raise body_too_large(limit)
         logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
         inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
                        rec, client_key)
