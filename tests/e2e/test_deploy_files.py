@@ -1,0 +1,95 @@
+"""The deploy files run the same server, and the image's files alone are enough to run it.
+
+No Docker engine runs here, so the Dockerfile is exercised by replaying its steps: copy exactly what it
+copies into an empty folder, set its environment, run its CMD, and ask the health check's question.
+"""
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.fakes.server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def _instructions(name: str) -> list[str]:
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    return [line.split(None, 1)[1] for line in joined.splitlines() if line.split(None, 1)[:1] == [name]]
+
+
+def _cmd() -> list[str]:
+    return json.loads(_instructions("CMD")[-1])
+
+
+def test_procfile_dockerfile_and_cli_run_the_same_server():
+    procfile = (ROOT / "Procfile").read_text().strip()
+    assert procfile.startswith("web: ")
+    assert shlex.split(procfile[len("web: "):]) == _cmd() == ["gunicorn", "-c", "config/gunicorn.conf.py", "wsgi:app"]
+    from app.cli import CONFIG_FILE
+    assert Path(CONFIG_FILE) == ROOT / "config" / "gunicorn.conf.py"
+
+
+def test_image_installs_the_pinned_requirements_as_non_root_with_a_health_check():
+    assert any("requirements.txt" in run and "pip install" in run for run in _instructions("RUN"))
+    user = _instructions("USER")
+    assert user and user[-1] not in ("root", "0")
+    assert "http://127.0.0.1:" in _instructions("HEALTHCHECK")[0]
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert "==" in line, f"unpinned requirement: {line}"
+
+
+def test_compose_mounts_credentials_read_only_and_reads_env_file():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "./credentials:/app/credentials:ro" in compose
+    assert "env_file" in compose and "3000" in compose
+
+
+def test_the_files_the_image_copies_are_enough_to_serve(tmp_path):
+    image = tmp_path / "app"
+    image.mkdir()
+    for copy in _instructions("COPY"):
+        *sources, dest = shlex.split(copy)
+        for source in sources:
+            src = ROOT / source
+            # `COPY a b/` and `COPY a .` put `a` inside the folder; `COPY a ./b` names the copy `b`
+            target = image / dest / src.name if dest.endswith("/") or dest == "." else image / dest
+            if src.is_dir():
+                shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, target)
+    env_line = " ".join(_instructions("ENV"))
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env.update(dict(pair.split("=", 1) for pair in shlex.split(env_line)))
+    port = free_port()
+    env.update({"PORT": str(port), "USAGE_DB_PATH": str(tmp_path / "usage.sqlite3"), "TOKEN_REPORT_INTERVAL": "0"})
+    cmd = _cmd()
+    proc = subprocess.Popen([sys.executable, "-m", *cmd], cwd=image, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 20
+        body = None
+        while time.time() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    body = json.loads(resp.read())
+            except OSError:
+                time.sleep(0.1)
+        setup = urllib.request.urlopen(f"http://127.0.0.1:{port}/client-setup/claude-code-settings.json",
+                                       timeout=5).read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert body is not None and body["status"] == "ok", output
+    assert b"ANTHROPIC_BASE_URL" in setup
+    assert proc.returncode == 0, output
