@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 
 import pytest
 
 from app import create_app
 from config.settings import Settings
-from tests.fakes.server import ProxyServer
+from tests.fakes.server import CountingListener, ProxyServer
 
 PROXY_KEY = "nexus-proxy-key-7f3a9c1e5b2d4f6a8c0e"
 OTHER_PROXY_KEY = "nexus-proxy-key-second-0b1c2d3e4f5a6b7c"
@@ -275,38 +274,9 @@ def test_a_client_api_key_in_a_file_without_a_credential_still_protects_the_doma
 # ---------------------------------------------------------------- the upstream is the operator's choice
 
 
-class Canary:
-    """A TCP listener that counts connections: the proxy must never connect here."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.hits = 0
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.hits += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
-
-
 @pytest.fixture
 def canary():
-    c = Canary()
+    c = CountingListener()
     yield c
     c.close()
 
@@ -339,7 +309,7 @@ def test_no_header_or_body_field_changes_where_the_proxy_connects(tmp_path, fake
         for path in (f"/v1/messages/..%2F..%2F@{target}", f"/v1//{target}/v1/messages", "/v1/models"):
             client.get(path, headers=_steering_headers(target))
     time.sleep(0.3)
-    assert canary.hits == 0
+    assert canary.count == 0
     assert len(fake_upstream.requests()) >= 2
 
 
@@ -363,7 +333,7 @@ def test_absolute_uri_request_lines_do_not_change_the_upstream(fake_upstream, ca
             status = int(data.split(b" ", 2)[1])
             assert status == 200 or 400 <= status < 500, data[:500]
         time.sleep(0.3)
-        assert canary.hits == 0
+        assert canary.count == 0
 
 
 def _raw_request(port: int, head: str, body: bytes = b"") -> bytes:

@@ -21,7 +21,6 @@ import signal
 import socket
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import anthropic
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
-from tests.fakes.server import REPO_ROOT, FakeUpstream, ProxyServer, free_port
+from tests.fakes.server import REPO_ROOT, CountingListener, FakeUpstream, ProxyServer, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -502,45 +501,13 @@ def test_refused_connections_are_retried_then_502(mode):
     assert len(re.findall(r"retrying in [\d.]+s \(attempt [23]\)", output)) == 4, output
 
 
-class ResetServer:
-    """Accepts TCP connections and closes each at once (with RST): counts the attempts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import struct
-
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
-
-
 def test_connections_reset_by_the_upstream_are_retried_and_counted():
-    server = ResetServer()
+    server = CountingListener(reset=True)
     try:
         with ProxyServer(proxy_env("translation", f"http://127.0.0.1:{server.port}")) as proxy:
             status, headers, body = post(proxy.port, MESSAGE)
             assert outcome(status, headers, body, False) == ("http_error", (502, "api_error"))
-            assert server.accepted == 3  # one attempt and UPSTREAM_MAX_RETRIES=2 retries
+            assert server.count == 3  # one attempt and UPSTREAM_MAX_RETRIES=2 retries
             assert_no_traceback(proxy)
     finally:
         server.close()

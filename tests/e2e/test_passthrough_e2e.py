@@ -290,13 +290,18 @@ def fake_host(fake) -> str:
     return "127.0.0.1:%d" % fake.port
 
 
+def create_and_stream(client: anthropic.Anthropic) -> None:
+    """One messages.create and one messages.stream through the proxy; both must parse to the answer."""
+    msg = client.messages.create(**hello())
+    with client.messages.stream(**hello()) as s:
+        final = s.get_final_message()
+    assert msg.content[0].text == HELLO and final.content[0].text == HELLO
+
+
 def test_sdk_with_api_key(proxy, fake):
     with anthropic.Anthropic(base_url=proxy.url, api_key=CLIENT_API_KEY, max_retries=0,
                              default_headers={"x-custom-team": "green"}) as c:
-        msg = c.messages.create(**hello())
-        with c.messages.stream(**hello()) as s:
-            final = s.get_final_message()
-    assert msg.content[0].text == HELLO and final.content[0].text == HELLO
+        create_and_stream(c)
     for req in fake.requests("/v1/messages"):
         up = req["headers"]
         assert up["x-api-key"] == CLIENT_API_KEY and "authorization" not in up
@@ -308,10 +313,7 @@ def test_sdk_with_api_key(proxy, fake):
 def test_sdk_with_auth_token(proxy, fake):
     with anthropic.Anthropic(base_url=proxy.url, auth_token=CLIENT_OAUTH, max_retries=0,
                              default_headers={"anthropic-beta": "interleaved-thinking-2025-05-14"}) as c:
-        msg = c.messages.create(**hello())
-        with c.messages.stream(**hello()) as s:
-            final = s.get_final_message()
-    assert msg.content[0].text == HELLO and final.content[0].text == HELLO
+        create_and_stream(c)
     for req in fake.requests("/v1/messages"):
         up = req["headers"]
         assert up["authorization"] == "Bearer " + CLIENT_OAUTH and "x-api-key" not in up

@@ -14,9 +14,11 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -52,6 +54,41 @@ def _tail(path: Path, limit: int = 20000) -> str:
     except OSError:
         return ""
     return data[-limit:].decode("utf-8", "replace")
+
+
+class CountingListener:
+    """A TCP listener that accepts and closes every connection at once, counting them.
+
+    `reset=True` closes with RST (an upstream that resets connections); otherwise a plain close.
+    """
+
+    def __init__(self, reset: bool = False) -> None:
+        self.reset = reset
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.count = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.count += 1
+            if self.reset:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
 
 
 class FakeUpstream:
