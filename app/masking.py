@@ -206,6 +206,8 @@ _TEXT_RE = re.compile(
     # Recognisable key formats.
     r"|(?P<key>\b(?:sk-ant-[A-Za-z0-9_-]+|sk-or-v\d+-[A-Za-z0-9]+|sk-[A-Za-z0-9_-]{20,}"
     r"|github_pat_[A-Za-z0-9_]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abpre]-[A-Za-z0-9-]{10,}))"
+    # user:password@ in a URL (DATABASE_URL, proxies): the password goes.
+    r"|(?P<uinfo>\b[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]+:)(?P<upw>[^/@\s]+)(?=@)"
     # Slack webhook URLs carry their secret in the path.
     r"|(?P<slack>hooks\.slack\.com/(?:services|workflows|triggers)/)(?P<spath>[A-Za-z0-9/_-]{4,})"
     # name: "value" / name=value pairs (JSON text, form bodies, query strings, reprs).
@@ -238,6 +240,8 @@ def _text_sub(m: re.Match) -> str:
         return mask_secret(key)
     if group == "spath":
         return m.group("slack") + STARS
+    if group == "upw":
+        return m.group("uinfo") + STARS
     if m.group("kvq") is not None:
         return m.group("kvq") + _mask_value(m.group("qval")) + m.group("q")
     return m.group("kv") + _mask_value(m.group("val"))
@@ -283,7 +287,7 @@ def _registered_sub(m: re.Match) -> str:
 # Every _TEXT_RE match contains one of these (lower-cased); checking them first is ~10x cheaper than
 # scanning, and most log lines (the access line included) contain none.
 _TRIGGERS = ("sk-", "bearer", "basic", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox",
-             "hooks.slack", "key", "token", "secret", "passw")
+             "hooks.slack", "key", "token", "secret", "passw", "://")
 
 
 def mask_text(text: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import time
 from datetime import datetime
 from typing import Callable, Sequence
@@ -18,6 +17,7 @@ import gevent
 import gevent.event
 import gevent.lock
 
+from app.masking import mask_text
 from app.records import RequestRecord
 from app.services.report import format_report, format_started
 from app.storage.base import Storage, StorageDataError, StorageError
@@ -31,19 +31,12 @@ MAX_RETRY_WAIT = 10.0
 # One transaction never carries more than this, so a long backlog is written in bounded steps.
 MAX_WRITE = 1000
 
-_URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]*@")
-
 
 def _mask_error(exc: BaseException) -> str:
     """A short, secret-free description of a storage error for GET /."""
     text = str(exc).strip().splitlines()
     text = (text[0] if text else type(exc).__name__)[:200]
-    text = _URL_CREDENTIALS.sub(r"\1****@", text)  # a DATABASE_URL's user:password, if a driver echoes it
-    try:
-        from app.masking import mask_text
-    except ImportError:  # pragma: no cover - masking.py is part of the app
-        return text
-    return mask_text(text)
+    return mask_text(text)  # a DATABASE_URL's password too, if a driver echoes it
 
 
 class Accounting:

@@ -275,3 +275,18 @@ def test_registered_secrets_longest_first_and_ignored_when_short():
     out = mask_text("x abcdefgh12345678-and-more-0000 y short")
     assert "abcdefgh" not in out and "and-more" not in out
     assert out.endswith(" y short")
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("connection to postgresql://nexus:s3cretpw@db.example.com:5432/nexus failed", "s3cretpw"),
+    ("proxy https://alice:hunter2pass@proxy.internal:8080 refused", "hunter2pass"),
+])
+def test_passwords_in_urls_are_masked(text, secret):
+    masked = mask_text(text)
+    assert secret not in masked and "****@" in masked
+    assert masked.split("://")[0] == text.split("://")[0]  # the rest of the line stays readable
+
+
+def test_urls_without_a_password_are_left_alone():
+    text = "see https://example.com/a@b and user@host"
+    assert mask_text(text) == text
