@@ -27,13 +27,10 @@ import requests
 from gevent.lock import RLock
 
 from app.errors import ProxyError
+from app.masking import mask_secret, register_secret
 from app.services import oauth as oauth_mod
 from app.services.oauth import OAuthError, refresh_token_hash
 
-try:
-    from app import masking as _masking
-except ImportError:  # pragma: no cover - masking is part of the app
-    _masking = None
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +44,10 @@ HISTORY_MAX = 10  # rotated refresh-token fingerprints kept in the shared store
 _WARNED_HOSTS_MAX = 1024
 
 
-def _mask(value: str) -> str:
-    fn = getattr(_masking, "mask_secret", None)
-    return fn(value) if fn else "****"
-
-
 def _register(*values: object) -> None:
-    fn = getattr(_masking, "register_secret", None)
-    if fn is None:
-        return
     for v in values:
         if isinstance(v, str) and v:
-            fn(v)
+            register_secret(v)
 
 
 def host_without_port(host: str | None) -> str:
@@ -108,7 +97,7 @@ class Credential:
 
     @property
     def masked(self) -> str:
-        return _mask(self.secret)
+        return mask_secret(self.secret)
 
 
 def parse_credential(data: object) -> tuple[str, str, int | None]:

@@ -19,6 +19,8 @@ from typing import Iterator
 
 import requests
 
+from app.masking import STARS, mask_text
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_URL = "https://console.anthropic.com/v1/oauth/token"
@@ -41,12 +43,8 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     """Endpoint-provided text, cut short, with the secrets we sent (and anything key-like) removed."""
     for s in secrets:
         if s:
-            text = text.replace(s, "****")
-    try:
-        from app.masking import mask_text
-        text = mask_text(text)
-    except ImportError:  # pragma: no cover - masking is part of the app
-        pass
+            text = text.replace(s, STARS)
+    text = mask_text(text)
     text = " ".join(text.split())
     return text[:200]
 

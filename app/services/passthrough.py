@@ -121,7 +121,7 @@ class Passthrough:
         except Exception as exc:
             close_quietly(resp)
             rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down)
-            data = json.dumps({"type": "error", "error": {"type": rec.error_type, "message": rec.error_message}}).encode()
+            data = error_json(rec.error_type, rec.error_message)
             rec.status = 502
             return Reply(502, [("content-type", "application/json")], data, lambda: self.recorder.finish(rec, started))
         close_quietly(resp, complete=True)
