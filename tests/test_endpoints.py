@@ -194,3 +194,17 @@ def test_a_body_over_the_limit_is_still_accounted(tmp_path):
     assert resp.status_code == 413
     stats = client.get("/token-stats").get_json()["stats"]["localhost"]
     assert stats["requestCount"] == 1 and stats["errorCount"] == 1
+
+
+@pytest.mark.parametrize("turn", ["messages-turn1.json", "messages-turn2.json"])
+def test_count_tokens_takes_what_claude_code_sends(tmp_path, turn):
+    """Same body shape as /v1/messages: system array, mid-conversation system message, tools, thinking."""
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "claude-code-2.1.197")
+    with open(os.path.join(fixtures, turn)) as fh:
+        body = json.load(fh)
+    client = make_client(tmp_path)
+    resp = client.post("/v1/messages/count_tokens", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    tokens = resp.get_json()["input_tokens"]
+    # a documented estimate (characters / 4): the fixtures carry ~70 KB of system prompt and tools
+    assert 10_000 < tokens < 40_000
