@@ -103,3 +103,31 @@ def test_a_started_stream_cleans_up_itself_only():
     assert list(body) == [b"a", b"b"]
     body.close()
     assert not resp.closed and recorder.finished == []
+
+
+def test_the_decoder_agrees_with_sseclient_py_on_a_real_stream():
+    """sseclient-py, an independent parser, reads a translated stream the same way, however it is split."""
+    import random
+
+    import sseclient
+
+    from app.translation.stream import StreamTranslator
+
+    translator = StreamTranslator(model="claude-x", input_tokens=12)
+    raw = translator.start()
+    raw += translator.feed({"choices": [{"index": 0, "delta": {"reasoning_content": "think\nhard"}}]})
+    raw += translator.feed({"choices": [{"index": 0, "delta": {"content": "héllo ☃"}}]})
+    raw += translator.feed({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "Read", "arguments": '{"a":'}}]}}]})
+    raw += translator.feed({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": '"b"}'}}]}, "finish_reason": "tool_calls"}]})
+    raw += translator.finish()
+    theirs = [(e.event, e.data) for e in sseclient.SSEClient(iter([raw])).events()]
+    rng = random.Random(7)
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(1, len(raw)), 5))
+        pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+        decoder = SSEDecoder()
+        ours = [(event, data.decode()) for piece in pieces for event, data in decoder.feed(piece)]
+        assert ours == theirs
+    assert [e for e, _ in theirs][:2] == ["message_start", "ping"] and theirs[-1][0] == "message_stop"
