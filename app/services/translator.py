@@ -75,6 +75,7 @@ class Translator:
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
         self.user_agent = f"claude-nexus-proxy/{__version__}"
+        self._completion_tokens_models: set[str] = set()
 
     # -- POST /v1/messages ------------------------------------------------------------------
     def messages(self, inc: Incoming, started: float) -> Reply:
@@ -101,11 +102,20 @@ class Translator:
             "accept": "text/event-stream" if stream else "application/json",
             "user-agent": self.user_agent,
         }
-        data = encode_body(payload)
+        if chosen.model in self._completion_tokens_models:
+            _use_max_completion_tokens(payload)
         logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
-        resp = self.upstream.send("POST", self.url, headers, data)
+        resp = self.upstream.send("POST", self.url, headers, encode_body(payload))
         if resp.status >= 400:
-            raise upstream_http_error(resp.status, read_error_body(resp), resp.headers)
+            error = read_error_body(resp)
+            if resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):
+                # OpenAI's reasoning models (o-series, GPT-5) refuse max_tokens; learn it once per model.
+                self._completion_tokens_models.add(chosen.model)
+                resp = self.upstream.send("POST", self.url, headers, encode_body(payload))
+                if resp.status >= 400:
+                    error = read_error_body(resp)
+            if resp.status >= 400:
+                raise upstream_http_error(resp.status, error, resp.headers)
         model = rec.model_requested or chosen.model
         stop_sequences = body.get("stop_sequences") or ()
         if not stream:
@@ -229,3 +239,11 @@ def _read_request(inc: Incoming, validate) -> dict:
     inc.record.model_requested = body.get("model")
     inc.record.request_type = classify_request(body)
     return body
+
+
+def _use_max_completion_tokens(payload: dict) -> bool:
+    """Rename max_tokens to max_completion_tokens (what OpenAI's reasoning models take). False if absent."""
+    if "max_tokens" not in payload:
+        return False
+    payload["max_completion_tokens"] = payload.pop("max_tokens")
+    return True

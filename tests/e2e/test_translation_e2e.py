@@ -621,3 +621,32 @@ def test_accounting_sees_translated_requests(proxy, client, fake):
     assert got, "the two requests never showed up in /token-stats"
     assert (got["requestCount"], got["inputTokens"], got["outputTokens"]) == (2, 1500, 250)
     assert got["toolCallCount"] == 1
+
+
+def test_reasoning_models_that_refuse_max_tokens_get_max_completion_tokens(start_proxy, fake_upstream_server, fake):
+    """OpenAI's o-series and GPT-5 answer 400 to max_tokens; the proxy renames it and remembers the model."""
+    proxy = start_proxy(_env(fake_upstream_server, CLAUDE_CODE_PROXY_API_KEY=PROXY_KEY,
+                             COMPLETION_MODEL="openai/o4-mini"))
+    refusal = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                    "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+                         "param": "max_tokens", "code": "unsupported_parameter"}}
+    fake.script("/chat/completions", [{"status": 400, "json": refusal},
+                                      {"json": completion({"content": "first"}, model="openai/o4-mini")},
+                                      {"json": completion({"content": "second"}, model="openai/o4-mini")}])
+    with anthropic.Anthropic(base_url=proxy.url, api_key=CLIENT_KEY, max_retries=0, timeout=30) as c:
+        first = c.messages.create(model=MODEL, max_tokens=300, messages=user("one"))
+        second = c.messages.create(model=MODEL, max_tokens=200, messages=user("two"))
+    assert (first.content[0].text, second.content[0].text) == ("first", "second")
+    bodies = upstream_bodies(fake)
+    assert len(bodies) == 3  # the refused one, its retry, and the next request sent right the first time
+    assert bodies[0]["max_tokens"] == 300 and "max_completion_tokens" not in bodies[0]
+    assert bodies[1]["max_completion_tokens"] == 300 and "max_tokens" not in bodies[1]
+    assert bodies[2]["max_completion_tokens"] == 200 and "max_tokens" not in bodies[2]
+
+
+def test_other_400s_are_not_retried(client, fake):
+    fake.script("/chat/completions", [{"status": 400, "json": {"error": {"message": "max_tokens is too large"}}}])
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model=MODEL, max_tokens=64, messages=user("x"))
+    assert "max_tokens is too large" in str(info.value)
+    assert len(upstream_bodies(fake)) == 1
