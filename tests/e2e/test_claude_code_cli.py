@@ -51,18 +51,9 @@ def claude() -> str:
     return CLAUDE
 
 
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeUpstream]:
-    """One fake upstream (OpenAI and Anthropic endpoints) for every proxy of the module."""
-    with FakeUpstream() as server:
-        yield server
-
-
 @pytest.fixture
-def fake(fake_server: FakeUpstream) -> FakeUpstream:
-    """The module's fake upstream with no requests logged and nothing scripted."""
-    fake_server.reset()
-    return fake_server
+def fake(fake_upstream: FakeUpstream) -> FakeUpstream:
+    return fake_upstream
 
 
 @pytest.fixture(scope="module")
@@ -85,37 +76,37 @@ def _proxy(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Ite
     assert "Traceback" not in output, output[-6000:]
 
 
-def _translation_env(fake_server: FakeUpstream, doc_block: str, **replace: str) -> dict[str, str]:
-    return substitute(doc_env(doc_block), {"ANTHROPIC_PROXY_BASE_URL": fake_server.url, **replace})
+def _translation_env(fake_upstream_server: FakeUpstream, doc_block: str, **replace: str) -> dict[str, str]:
+    return substitute(doc_env(doc_block), {"ANTHROPIC_PROXY_BASE_URL": fake_upstream_server.url, **replace})
 
 
 @pytest.fixture(scope="module")
-def translation_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
-    env = _translation_env(fake_server, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
+def translation_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer]:
+    env = _translation_env(fake_upstream_server, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
     with _proxy(tmp_path_factory, env) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
-def translation_cli_retry_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
+def translation_cli_retry_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer]:
     """As translation_proxy, but the proxy does not retry: a 429 reaches the CLI, which retries."""
-    env = _translation_env(fake_server, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
+    env = _translation_env(fake_upstream_server, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
     with _proxy(tmp_path_factory, dict(env, UPSTREAM_MAX_RETRIES="0")) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
-def own_key_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
-    env = _translation_env(fake_server, "translation-own-key/proxy")
+def own_key_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer]:
+    env = _translation_env(fake_upstream_server, "translation-own-key/proxy")
     assert "CLAUDE_CODE_PROXY_API_KEY" not in env
     with _proxy(tmp_path_factory, env) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
-def passthrough_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
+def passthrough_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer]:
     # CLAUDE_API_BASE_URL only points the proxy at the fake instead of api.anthropic.com
-    env = dict(doc_env("passthrough/proxy"), CLAUDE_API_BASE_URL=fake_server.url)
+    env = dict(doc_env("passthrough/proxy"), CLAUDE_API_BASE_URL=fake_upstream_server.url)
     with _proxy(tmp_path_factory, env) as proxy:
         yield proxy
 
@@ -134,7 +125,7 @@ TEAM_HOST = _team_host()
 
 
 @pytest.fixture(scope="module")
-def domain_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
+def domain_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer]:
     """The docs' team mapping, with the team's host name replaced by TEAM_HOST (it must resolve here)."""
     doc = doc_env("passthrough-domain/proxy")
     mapping = json.loads(doc["DOMAIN_CREDENTIAL_MAPPING"])
@@ -147,7 +138,7 @@ def domain_proxy(fake_server, tmp_path_factory) -> Iterator[ProxyServer]:
     cred.write_text(json.dumps(dict(file_doc, api_key=TEAM_KEY, client_api_key=TEAM_PROXY_KEY)))
     cred.chmod(0o600)
     env = substitute(doc, {"DOMAIN_CREDENTIAL_MAPPING": json.dumps({TEAM_HOST: str(cred)})})
-    with _proxy(tmp_path_factory, dict(env, CLAUDE_API_BASE_URL=fake_server.url)) as proxy:
+    with _proxy(tmp_path_factory, dict(env, CLAUDE_API_BASE_URL=fake_upstream_server.url)) as proxy:
         yield proxy
 
 
