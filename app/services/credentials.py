@@ -269,9 +269,16 @@ class CredentialManager:
         return self._slot_credential(slot)
 
     def client_api_key_for(self, host: str) -> str | None:
-        """The `client_api_key` of the host's mapped credential file (issue 7 access control)."""
+        """The `client_api_key` of the host's mapped credential file, when it is a usable string."""
         value = self._field_for(host, "client_api_key")
         return value if isinstance(value, str) and value else None
+
+    def file_field(self, host: str, name: str):
+        """A top-level field of the host's mapped credential file, as the file holds it (None when absent)."""
+        return self._field_for(host, name)
+
+    def is_mapped(self, host: str) -> bool:
+        return host_without_port(host) in self._by_host
 
     def mapped_but_unreadable(self, host: str) -> bool:
         """The host is mapped but its file could not be read: whether it holds a `client_api_key` is unknown."""

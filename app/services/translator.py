@@ -8,6 +8,7 @@ from app import logs
 from app.client_key import presented_key
 from app.errors import ProxyError, invalid_request
 from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
+from app.jsonenc import compact_ascii
 from app.masking import mask_secret
 from app.records import RequestRecord
 from app.services.headers import translation_headers
@@ -23,6 +24,9 @@ from app.translation.tokens import estimate_input_tokens
 from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
 from app.usage import Usage, apply_usage, classify_request, usage_from_message
 from config.settings import Settings
+
+_TOO_LARGE_NUMBER = ("Request body contains a number too large to represent (such as 1e999); JSON numbers "
+                     "must fit a 64-bit float")
 
 # An escaped UTF-16 surrogate (json.loads accepts a lone "\ud800"; it is not Unicode, and upstreams reject it).
 _SURROGATE_ESCAPE = re.compile(rb"\\ud[89a-f][0-9a-f]{2}")
@@ -55,8 +59,14 @@ def _has_lone_surrogate(data: bytes) -> bool:
 
 def encode_body(payload: dict) -> bytes:
     """The upstream body. ensure_ascii (the default) is ~3x faster than ensure_ascii=False on large
-    bodies; it escapes every non-ASCII character, so a lone surrogate shows as an escape we can find."""
-    data = json.dumps(payload, separators=(",", ":")).encode()
+    bodies; it escapes every non-ASCII character, so a lone surrogate shows as an escape we can find.
+
+    A number too large for a float (1e999 parses as infinity) has no JSON spelling: a 400, not `Infinity`.
+    """
+    try:
+        data = compact_ascii(payload).encode()
+    except ValueError:
+        raise invalid_request(_TOO_LARGE_NUMBER) from None
     if b"\\ud" in data and _has_lone_surrogate(data):
         raise invalid_request("Request body contains an unpaired UTF-16 surrogate escape (such as \\ud800), "
                               "which is not valid Unicode")
@@ -86,6 +96,8 @@ class Translator:
             payload = anthropic_to_openai(body, chosen, stream=stream)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
+        except ValueError:  # a tool input holding 1e999 (infinity once parsed) has no JSON spelling
+            raise invalid_request(_TOO_LARGE_NUMBER) from None
         key = self._upstream_key(inc)
         rec.api_key_masked = mask_secret(key)
         rec.auth_type = "api_key"
@@ -96,7 +108,8 @@ class Translator:
         if not stream:
             return self._json(resp, rec, model, stop_sequences)
         plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                                 input_tokens=estimate_input_tokens(body)))
+                                                 input_tokens=estimate_input_tokens(body)),
+                                self.settings.max_sse_event_bytes)
         rec.status = 200
         body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
                             shutting_down=lambda: self.upstream.shutting_down)
@@ -166,9 +179,9 @@ class TranslatedStream:
 
     __slots__ = ("translator", "decoder", "done", "reusable", "_saw_done")
 
-    def __init__(self, translator: StreamTranslator) -> None:
+    def __init__(self, translator: StreamTranslator, max_event: int) -> None:
         self.translator = translator
-        self.decoder = SSEDecoder()
+        self.decoder = SSEDecoder(max_event)
         self.done = False
         self.reusable = False
         self._saw_done = False
