@@ -42,7 +42,7 @@ def _handle(kind: str) -> Response:
     host = host_without_port(headers.get("host", ""))
     rec = RequestRecord(
         request_id="req_" + uuid.uuid4().hex[:24], timestamp=time.time(), domain=host or "unknown",
-        mode=settings.proxy_mode, method=request.method, path=request.path,
+        mode=settings.proxy_mode, started=started, method=request.method, path=request.path,
     )
     try:
         client_key = services.access.check(host, headers)
@@ -58,18 +58,18 @@ def _handle(kind: str) -> Response:
                        rec, client_key)
         if settings.translation:
             if kind == "messages":
-                reply = services.translator.messages(inc, started)
+                reply = services.translator.messages(inc)
             elif kind == "count_tokens":
-                reply = services.translator.count_tokens(inc, started)
+                reply = services.translator.count_tokens(inc)
             else:  # pragma: no cover - the catch-all is only registered in passthrough mode
                 raise ProxyError(404, f"{request.path} is not available in translation mode", "not_found_error")
         else:
-            reply = services.passthrough.forward(inc, started)
+            reply = services.passthrough.forward(inc)
     except ProxyError as exc:
         rec.status = exc.status
         rec.error_type = exc.error_type
         rec.error_message = exc.message
-        services.recorder.finish(rec, started)
+        services.recorder.finish(rec)
         raise
     return to_response(reply)
 

@@ -4,18 +4,8 @@ from __future__ import annotations
 import hmac
 from typing import Mapping
 
+from app.client_key import presented_key
 from app.errors import ProxyError
-
-
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key a client sent: `x-api-key`, else `Authorization: Bearer …`."""
-    key = headers.get("x-api-key")
-    if key:
-        return key.strip()
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return None
 
 
 class AccessControl:

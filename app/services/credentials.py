@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Mapping
 import requests
 from gevent.lock import RLock
 
+from app.client_key import presented_key
 from app.errors import ProxyError
 from app.masking import mask_secret, register_secret
 from app.services import oauth as oauth_mod
@@ -673,15 +674,9 @@ class CredentialManager:
 
 
 def client_credential(headers: Mapping[str, str]) -> Credential | None:
-    """The client's own credential: `x-api-key`, else `Authorization: Bearer …` (lower-case header names)."""
-    value = headers.get("x-api-key")
-    if value:
-        value = value.strip()
-    if not value:
-        auth = headers.get("authorization")
-        if auth and auth[:7].lower() == "bearer ":
-            value = auth[7:].strip()
-    if not value:
+    """The client's own credential: the key it presents (`app.client_key`), as an API key or an OAuth token."""
+    value = presented_key(headers)
+    if value is None:
         return None
     kind = "oauth" if value.startswith(OAUTH_TOKEN_PREFIX) else "api_key"
     return Credential(kind, value, "client", None)

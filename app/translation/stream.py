@@ -22,10 +22,10 @@ from json.encoder import encode_basestring_ascii as _json_string_ascii
 from typing import Any, Sequence
 
 from app.errors import error_type_for_status, sse_error_event
+from app.usage import TEXT_CAP, Usage
 
 from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id, upstream_error_text
 
-TEXT_CAP = 4000  # characters of assistant text kept for Slack/accounting
 _TEXT, _THINKING = "text", "thinking"  # block keys; tool-call keys are their OpenAI index (int)
 _ERROR_TYPES = frozenset({
     "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
@@ -242,6 +242,11 @@ class StreamTranslator:
 
     # -- accounting -----------------------------------------------------------------------------
 
+    def usage(self) -> Usage:
+        """What the stream has used and said so far; an error it sent is reported with it."""
+        return Usage(self.input_tokens, self.output_tokens, 0, self.cache_read_input_tokens, self.tool_names,
+                     self.text, (self.error_type or "api_error") if self._failed else None, self.error_message)
+
     @property
     def _usage_reported(self) -> bool:
         return self._usage is not None and type(self._usage.get("prompt_tokens")) is int
@@ -299,10 +304,6 @@ class StreamTranslator:
     @property
     def failed(self) -> bool:
         return self._failed
-
-    @property
-    def started(self) -> bool:
-        return self._started
 
     # -- internals ------------------------------------------------------------------------------
 
