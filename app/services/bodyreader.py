@@ -19,6 +19,8 @@ import ssl
 import zlib
 from typing import Callable
 
+import gevent
+
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 RECV_SIZE = 65536
@@ -40,9 +42,9 @@ class BodyReader:
     __slots__ = ("_resp", "_sock", "_fp", "_read_timeout", "_silent", "_chunked", "_left", "_buf",
                  "_decoder", "complete", "_fallback", "_first", "_trailer")
 
-    def __init__(self, resp, read_timeout: float | None, decode_content: bool = True) -> None:
+    def __init__(self, resp, read_timeout: float | None = None, decode_content: bool = True) -> None:
         self._resp = resp
-        self._read_timeout = read_timeout or None
+        self._read_timeout = read_timeout
         self._silent = 0.0
         self.complete = False
         self._buf = b""
@@ -65,6 +67,8 @@ class BodyReader:
         elif encoding == "deflate":
             self._decoder = _DeflateDecoder()
         self._sock = sock
+        if read_timeout is None:
+            self._read_timeout = sock.gettimeout()  # what urllib3 set from the client's read timeout
         self._fp = hc.fp
         self._chunked = bool(hc.chunked)
         # http.client's count of body bytes still expected (None: until the server closes)
@@ -86,6 +90,21 @@ class BodyReader:
             if data or self.complete:
                 return data
             # only framing arrived (a chunk-size line without its data): keep reading
+
+    def read_end(self, wait: float = 0.05) -> None:
+        """The caller saw the stream's last event: take what is left of the framing, so the connection is
+        clean for reuse. Stops at the first silence; a body with more data than framing is not reusable."""
+        if self._fallback is not None:
+            return
+        try:
+            while not self.complete:
+                data = self.read(wait)
+                if data:
+                    return  # more than the terminator: leave it, the connection will be closed
+                if data is None:
+                    return
+        except Exception:
+            return
 
     def finish(self) -> None:
         """After the end of the body: close http.client's view of it, so the connection can be reused."""
@@ -126,6 +145,9 @@ class BodyReader:
         except OSError as exc:
             raise ProtocolError("Connection broken: %r" % (exc,), exc) from None
         self._silent = 0.0
+        if len(raw) == RECV_SIZE:
+            # A flood (one huge event, a fast upstream): let the other streams of this worker run.
+            gevent.sleep(0)
         if not raw:
             if self._chunked or self._left:
                 raise ProtocolError("Connection broken: the upstream closed the body before its end")

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 import weakref
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import urllib3
 from urllib3.exceptions import (
@@ -26,7 +26,6 @@ from app.errors import ProxyError
 log = logging.getLogger("nexus.upstream")
 
 RETRY_STATUSES = frozenset({429, 503, 529})
-READ_SIZE = 65536
 
 
 class UpstreamClient:
@@ -112,16 +111,6 @@ class UpstreamClient:
 
     def open_streams(self) -> int:
         return sum(1 for r in list(self._open) if not r.closed)
-
-
-def iter_body(resp: urllib3.BaseHTTPResponse, decode_content: bool = True) -> Iterator[bytes]:
-    """Yield the body as the bytes arrive (not in fixed-size blocks), ending at EOF."""
-    read1 = resp.read1
-    while True:
-        chunk = read1(READ_SIZE, decode_content=decode_content)
-        if not chunk:
-            return
-        yield chunk
 
 
 def close_quietly(resp: urllib3.BaseHTTPResponse | None, complete: bool = False) -> None:
