@@ -40,7 +40,7 @@ class BodyReader:
     """
 
     __slots__ = ("_resp", "_sock", "_fp", "_read_timeout", "_silent", "_chunked", "_left", "_buf",
-                 "_decoder", "complete", "_fallback", "_first", "_trailer")
+                 "_decoder", "complete", "_fallback", "_first", "_trailer", "_timer")
 
     def __init__(self, resp, read_timeout: float | None = None, decode_content: bool = True) -> None:
         self._resp = resp
@@ -50,6 +50,7 @@ class BodyReader:
         self._buf = b""
         self._first = True
         self._trailer = False
+        self._timer = None
         self._decoder = None
         self._fallback: Callable[[], bytes] | None = None
         hc = getattr(resp, "_fp", None)
@@ -111,11 +112,20 @@ class BodyReader:
         hc = getattr(self._resp, "_fp", None)
         if self.complete and hc is not None and self._fallback is None:
             try:
+                self._sock.settimeout(self._read_timeout)  # as urllib3 left it, for the next request
                 hc.close()  # drops the makefile reader only; the socket stays with the connection
             except Exception:
                 pass
 
     # -- socket ---------------------------------------------------------------------------------
+    def _timer_for(self, seconds: float | None):
+        """One timer per stream, restarted for each wait: a socket timeout would build a new one per read."""
+        if seconds is None:
+            return None
+        if self._timer is None or self._timer.seconds != seconds:
+            self._timer = gevent.Timeout(seconds)
+        return self._timer
+
     def _recv(self, wait: float | None) -> bytes | None:
         if self._first:
             # Bytes read with the headers wait in http.client's buffer; take them without blocking.
@@ -126,24 +136,32 @@ class BodyReader:
             except (BlockingIOError, ssl.SSLWantReadError):
                 early = b""  # nothing buffered, nothing on the socket yet
             finally:
-                self._sock.settimeout(self._read_timeout)
+                # Waits are timed by one reusable timer (see _timer_for), not the socket's timeout.
+                self._sock.settimeout(None)
             if early:
                 self._silent = 0.0
                 return early
         timeout = self._read_timeout
         if wait:
             timeout = wait if timeout is None else min(wait, max(timeout - self._silent, 0.001))
-        self._sock.settimeout(timeout)
+        timer = self._timer_for(timeout)
+        if timer is not None:
+            timer.start()
         try:
             raw = self._sock.recv(RECV_SIZE)
-        except socket.timeout:
-            if timeout is not None and wait and (self._read_timeout is None or
-                                                 self._silent + timeout < self._read_timeout):
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._timer = None  # a gevent Timeout that has fired fires at once when restarted
+            if wait and (self._read_timeout is None or self._silent + timeout < self._read_timeout):
                 self._silent += timeout
                 return None
             raise ReadTimeoutError(None, None, "Read timed out.") from None
         except OSError as exc:
             raise ProtocolError("Connection broken: %r" % (exc,), exc) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
         self._silent = 0.0
         if len(raw) == RECV_SIZE:
             # A flood (one huge event, a fast upstream): let the other streams of this worker run.

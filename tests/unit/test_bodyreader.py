@@ -1,8 +1,21 @@
-"""BodyReader against a real socket server that sends exactly the bytes each test scripts."""
+"""BodyReader against a real socket server that sends exactly the bytes each test scripts.
+
+The proxy runs under gevent, whose timers interrupt a socket wait; `test_all_of_it_under_gevent` runs
+this module again in a monkey-patched interpreter, where the silence and timeout cases run too.
+"""
 from __future__ import annotations
+
+import os
+
+if os.environ.get("NEXUS_TEST_GEVENT"):
+    from gevent import monkey
+
+    monkey.patch_all()
 
 import gzip
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -146,6 +159,20 @@ def test_gzip_body_is_decoded(serve):
     assert b"".join(_read_all(BodyReader(resp, read_timeout=5))) == raw
 
 
+UNDER_GEVENT = bool(os.environ.get("NEXUS_TEST_GEVENT"))
+
+
+def test_all_of_it_under_gevent():
+    if UNDER_GEVENT:
+        pytest.skip("this is the run under gevent")
+    env = dict(os.environ, NEXUS_TEST_GEVENT="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout
+
+
+@pytest.mark.skipif(not UNDER_GEVENT, reason="gevent timers time the waits (run by test_all_of_it_under_gevent)")
 def test_silence_gives_none_and_the_read_timeout_still_holds(serve):
     server = serve([CHUNKED + _chunk(b"a"), 0.35, _chunk(b"b") + b"0\r\n\r\n"])
     _, resp = _open(server)
