@@ -2,11 +2,10 @@
 the answer comes back unchanged while a side parser reads the usage for accounting."""
 from __future__ import annotations
 
-import json
 import logging
 from urllib.parse import quote
 
-from app import logs
+from app import jsoncodec, logs
 from app.errors import ProxyError, error_json, error_type_for_status, sse_error_event, upstream_error_message
 from app.exchange import Incoming, Reply
 from app.masking import mask_text
@@ -193,8 +192,8 @@ def _events_end(buf: bytes) -> int:
 def _describe(inc: Incoming, rec) -> None:
     """Model, stream flag, request type and user text, read from the body for accounting only."""
     try:
-        body = json.loads(inc.body)
-    except (ValueError, RecursionError):
+        body = jsoncodec.loads_lenient(inc.body)
+    except ValueError:
         return
     if not isinstance(body, dict):
         return
@@ -209,8 +208,8 @@ def _describe(inc: Incoming, rec) -> None:
 def _account_json(rec, data: bytes, path: str) -> bool:
     """Read usage or the error from a JSON answer; False when the body is not a JSON object."""
     try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
+        obj = jsoncodec.loads_lenient(data)
+    except ValueError:
         return False
     if not isinstance(obj, dict):
         return False
