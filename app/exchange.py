@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from app import jsoncodec
 from app.errors import invalid_request
 from app.records import RequestRecord
+
+if TYPE_CHECKING:
+    from app.services.access import Identity
 
 
 @dataclass
@@ -21,6 +24,7 @@ class Incoming:
     body: bytes
     record: RequestRecord
     client_key: str | None = None  # the proxy's own client key, when access control matched one (never forwarded)
+    identity: Identity | None = None  # what that key matched (app.services.access)
 
     def json(self) -> dict:
         """The body as a JSON object, or a 400 that says what is wrong."""

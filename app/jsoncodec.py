@@ -36,7 +36,7 @@ def _reject_constant(name: str) -> Any:
 def _finite(value: str) -> float:
     number = float(value)
     if number in (float("inf"), float("-inf")):
-        raise ValueError(f"number {value[:40]} is too large to be represented")
+        raise ValueError(f"number {value[:40]} is too large to represent (JSON numbers must fit a 64-bit float)")
     return number
 
 
@@ -97,7 +97,7 @@ def _decode_reason(data: bytes | str, reason: str) -> str:
     if "recursion" in reason:
         return "nested too deeply"
     try:
-        json.loads(data, parse_constant=_reject_constant)
+        json.loads(data, parse_constant=_reject_constant, parse_float=_finite)
     except ValueError as exc:
         return str(exc)
     except RecursionError:

@@ -45,7 +45,12 @@ def _handle(kind: str) -> Response:
         mode=settings.proxy_mode, started=started, method=request.method, path=request.path,
     )
     try:
-        client_key = services.access.check(host, headers)
+        try:
+            identity = services.access.check(host, headers)
+        except ProxyError:
+            rec.domain = services.domains.for_request(host, refused=True)
+            raise
+        rec.domain = services.domains.for_request(host, refused=False)
         limit = settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise body_too_large(limit)
@@ -55,7 +60,7 @@ def _handle(kind: str) -> Response:
             raise body_too_large(limit)
         logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
         inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
-                       rec, client_key)
+                       rec, identity.key if identity else None, identity)
         if settings.translation:
             if kind == "messages":
                 reply = services.translator.messages(inc)

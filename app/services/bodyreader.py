@@ -40,7 +40,7 @@ class BodyReader:
     """
 
     __slots__ = ("_resp", "_sock", "_fp", "_read_timeout", "_silent", "_chunked", "_left", "_buf",
-                 "_decoder", "complete", "_fallback", "_first", "_trailer", "_timer")
+                 "_decoder", "complete", "_fallback", "_first", "_trailer")
 
     def __init__(self, resp, read_timeout: float | None = None, decode_content: bool = True) -> None:
         self._resp = resp
@@ -50,7 +50,6 @@ class BodyReader:
         self._buf = b""
         self._first = True
         self._trailer = False
-        self._timer = None
         self._decoder = None
         self._fallback: Callable[[], bytes] | None = None
         hc = getattr(resp, "_fp", None)
@@ -118,14 +117,6 @@ class BodyReader:
                 pass
 
     # -- socket ---------------------------------------------------------------------------------
-    def _timer_for(self, seconds: float | None):
-        """One timer per stream, restarted for each wait: a socket timeout would build a new one per read."""
-        if seconds is None:
-            return None
-        if self._timer is None or self._timer.seconds != seconds:
-            self._timer = gevent.Timeout(seconds)
-        return self._timer
-
     def _recv(self, wait: float | None) -> bytes | None:
         if self._first:
             # Bytes read with the headers wait in http.client's buffer; take them without blocking.
@@ -136,34 +127,26 @@ class BodyReader:
             except (BlockingIOError, ssl.SSLWantReadError):
                 early = b""  # nothing buffered, nothing on the socket yet
             finally:
-                # Waits are timed by one reusable timer (see _timer_for), not the socket's timeout.
-                self._sock.settimeout(None)
+                self._sock.settimeout(self._read_timeout)
             if early:
                 self._silent = 0.0
                 return early
         timeout = self._read_timeout
         if wait:
             timeout = wait if timeout is None else min(wait, max(timeout - self._silent, 0.001))
-        timer = self._timer_for(timeout)
-        if timer is not None:
-            timer.start()
+        # gevent tries the read first and builds a timer only when it has to wait
+        self._sock.settimeout(timeout)
         try:
             raw = self._sock.recv(RECV_SIZE)
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
-            self._timer = None  # a gevent Timeout that has fired fires at once when restarted
+        except socket.timeout:
             if wait and (self._read_timeout is None or self._silent + timeout < self._read_timeout):
                 self._silent += timeout
                 return None
             raise ReadTimeoutError(None, None, "Read timed out.") from None
         except OSError as exc:
             raise ProtocolError("Connection broken: %r" % (exc,), exc) from None
-        finally:
-            if timer is not None:
-                timer.cancel()
         self._silent = 0.0
-        if len(raw) == RECV_SIZE:
+        if len(raw) >= RECV_SIZE // 2:
             # A flood (one huge event, a fast upstream): let the other streams of this worker run.
             gevent.sleep(0)
         if not raw:

@@ -8,6 +8,7 @@ from urllib.parse import quote
 from app import jsoncodec, logs
 from app.errors import ProxyError, error_json, error_type_for_status, sse_error_event, upstream_error_message
 from app.exchange import Incoming, Reply
+from app.records import RequestRecord
 from app.masking import mask_text
 from app.services.credentials import CredentialManager
 from app.services.headers import forward_headers, response_headers
@@ -33,11 +34,12 @@ def upstream_path(path: str) -> str:
     """The client's decoded path as sent upstream: percent-encoded again, never leaving the API's tree.
 
     Dot segments (`..`, also spelled `%2e%2e` or `..%2F`) are refused: the HTTP client resolves them, so
-    `/v1/..%2F..%2Fapi/...` would reach endpoints outside `/v1/` with the operator's credential.
+    `/v1/..%2F..%2Fapi/...` would reach endpoints outside `/v1/` with the operator's credential. Empty
+    segments (`/v1//messages`) are refused too: no API path has one.
     """
     if path in _ACCOUNTED_PATHS:
         return path
-    if any(segment in (".", "..") for segment in path.split("/")):
+    if any(segment in (".", "..", "") for segment in path[1:].split("/")):
         raise ProxyError(404, f"Not found: {path[:200]}", "not_found_error")
     return quote(path, safe=_PATH_SAFE)
 
@@ -77,7 +79,7 @@ class Passthrough:
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             rec.stream = True
             # The answer's text is only needed for Slack; skipping it saves parsing every text delta.
-            plug = RelayedStream(collect_text=self.slack_for(rec.domain))
+            plug = RelayedStream(self.slack_for(rec.domain), self.settings.max_sse_event_bytes)
             body = relay_stream(resp, rec, plug, self.recorder, shutting_down=lambda: self.upstream.shutting_down)
             return Reply(resp.status, out_headers, body, streaming=True)
         try:
@@ -127,36 +129,57 @@ class RelayedStream:
     never leaves the client half an event in front of the `event: error`.
     """
 
-    __slots__ = ("decoder", "side", "done", "reusable", "_held", "_ended")
+    __slots__ = ("decoder", "side", "done", "reusable", "_held", "_held_size", "_ended")
 
-    def __init__(self, collect_text: bool) -> None:
-        self.decoder = SSEDecoder()
+    def __init__(self, collect_text: bool, max_event: int) -> None:
+        self.decoder = SSEDecoder(max_event)
         self.side = StreamUsage(collect_text=collect_text)
         self.done = False  # read to the upstream's end: what follows message_stop is relayed too
         self.reusable = False  # message_stop or an error event came
-        self._held = b""
+        self._held: list[bytes] = []  # the incomplete last event, as it arrived
+        self._held_size = 0
         self._ended: tuple[str, str] | None = None
 
     def head(self) -> bytes:
         return b""
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._held:
-            chunk = self._held + chunk
-            self._held = b""
-        if not chunk.endswith(b"\n\n"):
+        held = self._held
+        if not held and chunk.endswith(b"\n\n"):  # the usual case: whole events
+            out = chunk
+        else:
+            # only the new bytes are searched for the end of an event: linear however large one event is
             cut = _events_end(chunk)
-            if cut < len(chunk) and len(chunk) - cut <= MAX_HELD:
-                chunk, self._held = chunk[:cut], chunk[cut:]
-        if b"event: error" in chunk:
-            chunk = _masked(chunk)
-        return chunk
+            if cut == 0 and held and chunk[:1] == b"\n" and held[-1][-1:] == b"\n":
+                cut = 1  # the blank line straddles two reads
+            if cut == 0:
+                if self._held_size + len(chunk) <= MAX_HELD:
+                    held.append(chunk)
+                    self._held_size += len(chunk)
+                    return b""
+                cut = len(chunk)  # too long for an event still to come: relay it as it comes
+            rest = chunk[cut:]
+            if len(rest) > MAX_HELD:
+                cut, rest = len(chunk), b""
+            head = chunk if cut == len(chunk) else chunk[:cut]
+            if held:
+                held.append(head)
+                head = b"".join(held)
+            out = head
+            self._held = [rest] if rest else []
+            self._held_size = len(rest)
+        if b"event: error" in out:
+            out = _masked(out)
+        return out
 
     def seen(self, out: bytes) -> None:
         for event, data in self.decoder.feed(out):
             if event == "message_stop" or event == "error":
                 self.reusable = True
-            self.side.feed(event, data)
+            try:
+                self.side.feed(event, data)
+            except Exception:  # the side parser reads; it never decides what the client gets
+                log.warning("usage side parser failed on a %s event", event, exc_info=True)
 
     def tail(self) -> bytes:
         if self.reusable:
@@ -189,8 +212,18 @@ def _events_end(buf: bytes) -> int:
                ends[2] + 2 if ends[2] >= 0 else 0)
 
 
-def _describe(inc: Incoming, rec) -> None:
-    """Model, stream flag, request type and user text, read from the body for accounting only."""
+def _describe(inc: Incoming, rec: RequestRecord) -> None:
+    """Model, stream flag, request type and user text, read from the body for accounting only.
+
+    It never fails the request: whatever the body holds, the upstream judges it.
+    """
+    try:
+        _read_description(inc, rec)
+    except Exception:
+        log.debug("the request body could not be described for accounting", exc_info=True)
+
+
+def _read_description(inc: Incoming, rec: RequestRecord) -> None:
     try:
         body = jsoncodec.loads_lenient(inc.body)
     except ValueError:
@@ -205,7 +238,7 @@ def _describe(inc: Incoming, rec) -> None:
         rec.user_text = last_user_text(body)
 
 
-def _account_json(rec, data: bytes, path: str) -> bool:
+def _account_json(rec: RequestRecord, data: bytes, path: str) -> bool:
     """Read usage or the error from a JSON answer; False when the body is not a JSON object."""
     try:
         obj = jsoncodec.loads_lenient(data)
@@ -215,8 +248,9 @@ def _account_json(rec, data: bytes, path: str) -> bool:
         return False
     if obj.get("type") == "error" or rec.status >= 400:
         err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-        rec.error_type = err.get("type") or "api_error"
-        rec.error_message = err.get("message")
+        kind, message = err.get("type"), err.get("message")
+        rec.error_type = kind if isinstance(kind, str) and kind else "api_error"
+        rec.error_message = message if isinstance(message, str) else None
         return True
     if path == "/v1/messages":
         apply_usage(rec, usage_from_message(obj))

@@ -56,6 +56,8 @@ class Translator:
             payload = anthropic_to_openai(body, chosen, stream=stream)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
+        except ValueError:  # a tool input holding 1e999 (infinity once parsed) has no JSON spelling
+            raise invalid_request(_TOO_LARGE_NUMBER) from None
         key = self._upstream_key(inc)
         rec.api_key_masked = mask_secret(key)
         rec.auth_type = "api_key"
@@ -66,7 +68,8 @@ class Translator:
         if not stream:
             return self._json(resp, rec, model, stop_sequences)
         plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                                 input_tokens=estimate_input_tokens(body)))
+                                                 input_tokens=estimate_input_tokens(body)),
+                                self.settings.max_sse_event_bytes)
         rec.status = 200
         body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
                             shutting_down=lambda: self.upstream.shutting_down)
@@ -136,9 +139,9 @@ class TranslatedStream:
 
     __slots__ = ("translator", "decoder", "done", "reusable", "_saw_done")
 
-    def __init__(self, translator: StreamTranslator) -> None:
+    def __init__(self, translator: StreamTranslator, max_event: int) -> None:
         self.translator = translator
-        self.decoder = SSEDecoder()
+        self.decoder = SSEDecoder(max_event)
         self.done = False
         self.reusable = False
         self._saw_done = False

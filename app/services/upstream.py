@@ -22,6 +22,7 @@ from urllib3.exceptions import (
 )
 
 from app.errors import ProxyError
+from config.settings import Settings
 
 log = logging.getLogger("nexus.upstream")
 
@@ -29,7 +30,7 @@ RETRY_STATUSES = frozenset({429, 503, 529})
 
 
 class UpstreamClient:
-    def __init__(self, settings, sleep=None) -> None:
+    def __init__(self, settings: Settings, sleep=None) -> None:
         self.settings = settings
         self.timeout = urllib3.Timeout(connect=settings.connect_timeout or None, read=settings.read_timeout or None)
         self.pool = urllib3.PoolManager(
@@ -108,9 +109,6 @@ class UpstreamClient:
             except Exception:  # closing is best effort
                 pass
         return count
-
-    def open_streams(self) -> int:
-        return sum(1 for r in list(self._open) if not r.closed)
 
 
 def close_quietly(resp: urllib3.BaseHTTPResponse | None, complete: bool = False) -> None:
