@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from app.jsonenc import compact_ascii
+from app.jsoncodec import dumps_lenient
 from app.masking import mask_text
 
 # Anthropic's documented error types by HTTP status.
@@ -72,7 +72,7 @@ def error_body(error_type: str, message: str) -> dict:
 
 
 def error_json(error_type: str, message: str) -> bytes:
-    return compact_ascii(error_body(error_type, message)).encode()
+    return dumps_lenient(error_body(error_type, message))
 
 
 def sse_error_event(error_type: str, message: str) -> bytes:

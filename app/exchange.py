@@ -1,12 +1,11 @@
 """The neutral shapes a blueprint hands to a service and gets back: no Flask below this line."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
+from app import jsoncodec
 from app.errors import invalid_request
-from app.jsonenc import compact_ascii
 from app.records import RequestRecord
 
 if TYPE_CHECKING:
@@ -32,21 +31,18 @@ class Incoming:
         if not self.body:
             raise invalid_request("Request body is empty; expected a JSON object")
         try:
-            data = json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            raise invalid_request("Request body is not valid UTF-8") from None
+            data = jsoncodec.loads(self.body)
         except ValueError as exc:
+            try:
+                self.body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise invalid_request("Request body is not valid UTF-8") from None
+            if str(exc) == "nested too deeply":
+                raise invalid_request("Request body is nested too deeply") from None
             raise invalid_request(f"Request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise invalid_request("Request body is nested too deeply") from None
         if not isinstance(data, dict):
             raise invalid_request("Request body must be a JSON object")
         return data
-
-
-def _reject_constant(name: str):
-    # Python's json accepts NaN and Infinity; JSON does not, and upstreams answer them with odd errors.
-    raise ValueError(f"{name} is not valid JSON")
 
 
 @dataclass
@@ -74,4 +70,4 @@ SSE_HEADERS = (
 
 
 def json_reply(status: int, data: Mapping | list, extra_headers: Iterable[tuple[str, str]] = (), on_close=None) -> Reply:
-    return Reply(status, [*JSON_HEADERS, *extra_headers], compact_ascii(data).encode(), on_close)
+    return Reply(status, [*JSON_HEADERS, *extra_headers], jsoncodec.dumps_lenient(data), on_close)

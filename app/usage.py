@@ -4,10 +4,11 @@ No I/O here. `StreamUsage` sits beside every relayed stream, so it parses only t
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from app.jsoncodec import loads_lenient
 
 if TYPE_CHECKING:
     from app.records import RequestRecord
@@ -220,7 +221,7 @@ class StreamUsage:
 
 def _loads(data: bytes | str) -> dict | None:
     try:
-        obj = json.loads(data)
-    except (ValueError, TypeError, RecursionError):
+        obj = loads_lenient(data)
+    except (ValueError, TypeError):
         return None
     return obj if isinstance(obj, dict) else None

@@ -132,7 +132,7 @@ def run_cprofile(args: argparse.Namespace) -> int:
         driver = Driver()
         n = errors = 0
         try:
-            _, job = bench.jobs(args.mode, case, fake, proxy.port, max(case.concurrency, 200))
+            job = bench.jobs(args.mode, case, fake, {"proxy": proxy.port}, max(case.concurrency, 200))["proxy"]
             assert job is not None
             deadline = time.monotonic() + args.seconds
             while time.monotonic() < deadline:
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         with ProxyServer(env) as proxy:
             driver = Driver()
             try:
-                _, job = bench.jobs(args.mode, case, fake, proxy.port, max(case.concurrency, 200))
+                job = bench.jobs(args.mode, case, fake, {"proxy": proxy.port}, max(case.concurrency, 200))["proxy"]
                 assert job is not None
                 driver.run(job)  # warm up
                 workers = procstat.children(proxy.pid)

@@ -67,7 +67,12 @@ class Case:
 
 
 FAST = Group("fast", 10, 0, 0)
+# Paced so that each chunk arrives alone, as tokens do: the difference between the two is the CPU one
+# relayed chunk costs, with the per-request costs taken out.
+CHUNKS_FEW = Group("10 paced", 10, 0, 10)
+CHUNKS_MANY = Group("100 paced", 100, 0, 10)
 PACED = Group("paced", 40, 0, 50)
+TENPS = Group("10/s", 30, 0, 100)  # 1,000 streams at 10 chunks/s each
 SMOKE = Group("smoke", 5, 0, 10)
 
 FULL_CASES = [
@@ -77,7 +82,9 @@ FULL_CASES = [
     Case("stream 2KB c=1", "small", True, 1, 300, FAST),
     Case("stream 2KB c=32", "small", True, 32, 2400, FAST),
     Case("stream 200KB c=1", "large", True, 1, 150, FAST),
-    Case("stream 2KB c=1000, 50ms gaps", "small", True, 1000, 1000, PACED, rss_per_stream=True),
+    Case("stream 2KB c=32, 10 chunks 10ms apart", "small", True, 32, 320, CHUNKS_FEW),
+    Case("stream 2KB c=32, 100 chunks 10ms apart", "small", True, 32, 192, CHUNKS_MANY),
+    Case("stream 2KB c=1000, 100ms gaps", "small", True, 1000, 1000, TENPS, rss_per_stream=True),
     Case("stream 2KB c=1, 50ms gaps", "small", True, 1, 6, PACED),
     Case("stream 2KB c=32, 50ms gaps", "small", True, 32, 96, PACED),
 ]
@@ -197,7 +204,7 @@ class Row:
     data: Side
 
 
-def _row_cells(row: Row, other: Row | None) -> list[str]:
+def _row_cells(row: Row, direct: Row | None, bare: Row | None) -> list[str]:
     d, case = row.data, row.case
     rps = d.n / d.wall if d.wall else 0.0
     gap = "-"
@@ -209,27 +216,48 @@ def _row_cells(row: Row, other: Row | None) -> list[str]:
     rss = "%.0f" % (d.hwm_kb / 1024.0) if d.hwm_kb else "-"
     if case.rss_per_stream and d.rss_peak_kb:
         rss += " (+%.0f KB/stream)" % ((d.rss_peak_kb - d.rss_base_kb) / max(1, case.concurrency))
-    added = added_ttfb = "-"
-    if row.side == "proxy" and other is not None and other.data.lat and d.lat:
-        added = _signed_ms(pct(d.lat, 50) - pct(other.data.lat, 50))  # type: ignore[operator]
+    added = added_ttfb = ratio = "-"
+    if row.side != "direct" and direct is not None and direct.data.lat and d.lat:
+        added = _signed_ms(added_latency(d, direct.data))
         if case.stream:
-            added_ttfb = _signed_ms(pct(d.ttfb, 50) - pct(other.data.ttfb, 50))  # type: ignore[operator]
+            added_ttfb = _signed_ms(pct(d.ttfb, 50) - pct(direct.data.ttfb, 50))  # type: ignore[operator]
+    if row.side == "proxy" and bare is not None and direct is not None:
+        ratio = "%s / %s" % (_ratio(added_latency(d, direct.data), added_latency(bare.data, direct.data)),
+                             _ratio(cpu_per_request(d), cpu_per_request(bare.data)))
     return [row.mode, case.name, row.side, str(d.n), str(d.errors), "%.0f" % rps,
             _ms(pct(d.lat, 50)), _ms(pct(d.lat, 90)), _ms(pct(d.lat, 99)),
             _ms(pct(d.ttfb, 50)) if case.stream else "-", _ms(pct(d.ttfb, 99)) if case.stream else "-",
-            gap, cpu, rss, added, added_ttfb]
+            gap, cpu, rss, added, added_ttfb, ratio]
+
+
+def added_latency(side: Side, direct: Side) -> float | None:
+    if not side.lat or not direct.lat:
+        return None
+    return pct(side.lat, 50) - pct(direct.lat, 50)  # type: ignore[operator]
+
+
+def cpu_per_request(side: Side) -> float | None:
+    return side.cpu / side.sent if side.sent else None
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b <= 0:
+        return "-"
+    return "%.2fx" % (a / b)
 
 
 HEADER = ["mode", "case", "side", "ok", "err", "req/s", "p50 ms", "p90 ms", "p99 ms", "TTFB p50", "TTFB p99",
-          "gap err p50 / p99 ms", "CPU ms/req", "peak RSS MB", "added p50 ms", "added TTFB ms"]
+          "gap err p50 / p99 ms", "CPU ms/req", "peak RSS MB", "added p50 ms", "added TTFB ms",
+          "vs bare: added / CPU"]
 
 
 def render_table(rows: list[Row]) -> str:
     index = {(r.mode, r.case.name, r.side): r for r in rows}
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
     for r in rows:
-        other = index.get((r.mode, r.case.name, "direct" if r.side == "proxy" else "proxy"))
-        lines.append("| " + " | ".join(_row_cells(r, other)) + " |")
+        direct = index.get((r.mode, r.case.name, "direct"))
+        bare = index.get((r.mode, r.case.name, "bare"))
+        lines.append("| " + " | ".join(_row_cells(r, direct, bare)) + " |")
     return "\n".join(lines)
 
 
@@ -244,6 +272,10 @@ def check_targets(rows: list[Row]) -> list[str]:
 
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "FAIL"
+
+    def three(mode: str, name: str) -> tuple[Side, Side, Side] | None:
+        sides = tuple(index.get((mode, name, side)) for side in ("direct", "bare", "proxy"))
+        return sides if all(x and x.lat and x.sent for x in sides) else None  # type: ignore[return-value]
 
     for mode in sorted({r.mode for r in rows}):
         pair = both(mode, "json 2KB c=1")
@@ -268,18 +300,39 @@ def check_targets(rows: list[Row]) -> list[str]:
             cpu = p.cpu / p.sent
             out.append("%s: proxy CPU per small JSON request (c=32): %.3f ms (target <= 1.5 ms, i.e. %d req/s "
                        "per core) %s" % (mode, cpu * 1000, 1 / cpu if cpu else 0, verdict(cpu <= 0.0015)))
-        p = index.get((mode, "stream 2KB c=1000, 50ms gaps", "proxy"))
+        p = index.get((mode, "stream 2KB c=1000, 100ms gaps", "proxy"))
         if p and p.sent:
             per = (p.rss_peak_kb - p.rss_base_kb) / 1000.0
-            out.append("%s: 1,000 concurrent streams on one worker: %d errors, +%.0f KB RSS per open stream "
-                       "(target 0 errors, <= 64 KB) %s" % (mode, p.errors, per,
-                                                           verdict(p.errors == 0 and per <= 64)))
-        if mode == "translation":
-            pair = both(mode, "json 200KB c=1")
-            if pair:
-                added = pct(pair[1].lat, 50) - pct(pair[0].lat, 50)  # type: ignore[operator]
-                out.append("%s: added latency, 200KB conversation (JSON c=1): %.2f ms (target <= 10 ms) %s"
-                           % (mode, added * 1000, verdict(added <= 0.010)))
+            errs = [abs(g - 0.1) for g in p.gaps]
+            med, p99 = (pct(errs, 50) or 0.0), (pct(errs, 99) or 0.0)
+            out.append("%s: 1,000 concurrent streams at 10 chunks/s on one worker: %d errors, chunk-gap error "
+                       "p50 %.2f ms / p99 %.2f ms, +%.0f KB RSS per open stream (target 0 errors, p50 <= 2 ms, "
+                       "p99 <= 20 ms, <= 64 KB) %s"
+                       % (mode, p.errors, med * 1000, p99 * 1000, per,
+                          verdict(p.errors == 0 and med <= 0.002 and p99 <= 0.020 and per <= 64)))
+        trio = three(mode, "json 200KB c=1")
+        if trio:
+            d, b, p = trio
+            added, bare_added = added_latency(p, d), added_latency(b, d)
+            cpu, bare_cpu = cpu_per_request(p), cpu_per_request(b)
+            ok = added <= 1.2 * max(bare_added, 0.0) and cpu <= 1.2 * bare_cpu  # type: ignore[operator]
+            out.append("%s: 200KB conversation (JSON c=1): added %.2f ms vs bare relay %.2f ms (%s), CPU "
+                       "%.2f vs %.2f ms/request (%s) (target <= 1.2x both) %s"
+                       % (mode, added * 1000, bare_added * 1000, _ratio(added, bare_added),
+                          cpu * 1000, bare_cpu * 1000, _ratio(cpu, bare_cpu), verdict(ok)))
+        short = index.get((mode, "stream 2KB c=32, 10 chunks 10ms apart", "proxy"))
+        long_ = index.get((mode, "stream 2KB c=32, 100 chunks 10ms apart", "proxy"))
+        if short and long_ and short.sent and long_.sent:
+            per_chunk = (long_.cpu / long_.sent - short.cpu / short.sent) / (CHUNKS_MANY.chunks - CHUNKS_FEW.chunks)
+            limit = 60e-6 if mode == "translation" else 40e-6
+            out.append("%s: CPU per relayed chunk (100 vs 10 chunks 10 ms apart, c=32): %.1f us (target <= %.0f us) %s"
+                       % (mode, per_chunk * 1e6, limit * 1e6, verdict(per_chunk <= limit)))
+        trio = three(mode, "json 2KB c=32")
+        if trio and trio[1].cpu and trio[2].cpu:
+            _d, b, p = trio
+            ratio = (b.cpu / b.sent) / (p.cpu / p.sent)
+            out.append("%s: small JSON c=32, requests per CPU-second: %.0f vs bare relay %.0f (%.2fx; target >= "
+                       "1.5x) %s" % (mode, p.sent / p.cpu, b.sent / b.cpu, ratio, verdict(ratio >= 1.5)))
     return out
 
 
@@ -334,18 +387,19 @@ class Bench:
                 "requests": requests, "stream": case.stream, "expect_deltas": case.group.chunks,
                 "timeout": 120}
 
-    def jobs(self, mode: str, case: Case, fake: FakeUpstream, proxy_port: int | None,
-             requests: int) -> tuple[dict, dict | None]:
+    def jobs(self, mode: str, case: Case, fake: FakeUpstream, ports: dict[str, int],
+             requests: int) -> dict[str, dict]:
+        """The job of each side: direct to the fake, and through each server in `ports` (bare, proxy)."""
         prefix = case.group.prefix
         if mode == "translation":
-            direct = self._job(fake.port, prefix + "/chat/completions", OPENAI_HEADERS, "openai", case, requests)
+            jobs = {"direct": self._job(fake.port, prefix + "/chat/completions", OPENAI_HEADERS, "openai", case,
+                                        requests)}
         else:
-            direct = self._job(fake.port, prefix + "/v1/messages", ANTHROPIC_HEADERS, "anthropic", case,
-                               requests)
-        proxied = None
-        if proxy_port is not None:
-            proxied = self._job(proxy_port, "/v1/messages", CLIENT_HEADERS, "anthropic", case, requests)
-        return direct, proxied
+            jobs = {"direct": self._job(fake.port, prefix + "/v1/messages", ANTHROPIC_HEADERS, "anthropic", case,
+                                        requests)}
+        for side, port in ports.items():
+            jobs[side] = self._job(port, "/v1/messages", CLIENT_HEADERS, "anthropic", case, requests)
+        return jobs
 
     def measure(self, driver: Driver, job: dict, side: Side, pids: list[int], sample_rss: bool) -> None:
         cpu0 = procstat.tree_cpu(pids)
@@ -362,7 +416,7 @@ class Bench:
         side.add(result, job["requests"])
         side.hwm_kb = procstat.hwm_kb(pids)
 
-    def warm_up(self, mode: str, group: Group, cases: list[Case], fake: FakeUpstream, proxy_port: int | None,
+    def warm_up(self, mode: str, group: Group, cases: list[Case], fake: FakeUpstream, ports: dict[str, int],
                 driver: Driver) -> None:
         seen = set()
         for case in cases:
@@ -374,34 +428,28 @@ class Bench:
             n = 3 if case.stream or case.size == "large" else 30
             if self.args.smoke:
                 n = 2
-            for job in self.jobs(mode, warm, fake, proxy_port, n):
-                if job is not None:
-                    driver.run(job)
+            for job in self.jobs(mode, warm, fake, ports, n).values():
+                driver.run(job)
 
-    def run_case(self, mode: str, case: Case, fake: FakeUpstream, proxy: ProxyServer | None,
+    def run_case(self, mode: str, case: Case, fake: FakeUpstream, servers: dict[str, ProxyServer],
                  driver: Driver) -> None:
         rounds = 1 if case.rss_per_stream else max(1, self.args.rounds)
         per_round = max(1, case.requests // rounds)
-        direct, proxied = Side(), Side()
-        fake_pids = [fake.pid]
-        proxy_pids = procstat.tree(proxy.pid) if proxy else []
+        ports = {name: server.port for name, server in servers.items()}
+        sides = {"direct": Side(), **{name: Side() for name in servers}}
+        pids = {"direct": [fake.pid], **{name: procstat.tree(server.pid) for name, server in servers.items()}}
         for r in range(rounds):
-            d_job, p_job = self.jobs(mode, case, fake, proxy.port if proxy else None, per_round)
-            order = [("direct", d_job, direct, fake_pids), ("proxy", p_job, proxied, proxy_pids)]
-            if r % 2:
-                order.reverse()  # alternate who goes first, so drift hits both sides
-            for _name, job, side, pids in order:
-                if job is not None:
-                    self.measure(driver, job, side, pids, case.rss_per_stream)
-        self.rows.append(Row(mode, case, "direct", direct))
-        if proxy is not None:
-            self.rows.append(Row(mode, case, "proxy", proxied))
-        for name, side in (("direct", direct), ("proxy", proxied)):
+            order = list(self.jobs(mode, case, fake, ports, per_round).items())
+            shift = r % len(order)  # rotate who goes first, so drift hits every side
+            for name, job in order[shift:] + order[:shift]:
+                self.measure(driver, job, sides[name], pids[name], case.rss_per_stream)
+        for name, side in sides.items():
+            self.rows.append(Row(mode, case, name, side))
             if side.errors:
                 self.log("  %s %s %s: %d errors, e.g. %s" % (mode, case.name, name, side.errors,
                                                                side.error_samples[:2]))
-        self.log("  %-32s direct p50 %s ms, proxy p50 %s ms" % (case.name, _ms(pct(direct.lat, 50)),
-                                                                _ms(pct(proxied.lat, 50))))
+        self.log("  %-32s %s" % (case.name, ", ".join("%s p50 %s ms" % (name, _ms(pct(side.lat, 50)))
+                                                        for name, side in sides.items())))
 
 
 MARK_START = "<!-- bench-results:start -->"
@@ -418,6 +466,14 @@ def update_marked(path: Path, text: str) -> None:
         raise SystemExit("%s has no %s ... %s lines" % (path, MARK_START, MARK_END))
     body = text.replace("# Benchmark results", "### Latest benchmark results", 1).replace("\n## ", "\n#### ")
     path.write_text(content[:start.end()] + "\n" + body + content[end.start():])
+
+
+def bare_relay(mode: str, upstream: str) -> ProxyServer:
+    """The bare Flask + gevent + requests relay (bench/bare_relay.py) on gunicorn, one gevent worker."""
+    server = ProxyServer({"BARE_MODE": mode, "BARE_UPSTREAM": upstream})
+    server.argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "--worker-connections", "4000",
+                   "-b", "%s:%d" % (server.host, server.port), "--log-level", "warning", "bench.bare_relay:app"]
+    return server
 
 
 def proxy_env(mode: str, upstream: str, database_url: str | None) -> dict:
@@ -467,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=None,
                         help="run the proxy with DATABASE_URL on a fresh database created on this server")
     parser.add_argument("--direct-only", action="store_true", help="measure the fake upstream alone")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare relay side (bench/bare_relay.py)")
     parser.add_argument("--proxy-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the proxy (repeatable)")
     args = parser.parse_args(argv)
@@ -500,20 +557,23 @@ def main(argv: list[str] | None = None) -> int:
             for (group, _fresh), group_cases in groups:  # type: ignore[misc]
                 log("%s: %s (upstream %s%s)" % (mode, ", ".join(c.name for c in group_cases), fake.url,
                                                 group.prefix))
-                proxy = None
-                if not args.direct_only:
-                    env = proxy_env(mode, fake.url + group.prefix, database.url if database else None)
-                    env.update(extra_env)
-                    proxy = ProxyServer(env, workers=args.workers).start()
+                servers: dict[str, ProxyServer] = {}
                 try:
+                    if not args.direct_only:
+                        if not args.no_bare:
+                            servers["bare"] = bare_relay(mode, fake.url + group.prefix).start()
+                        env = proxy_env(mode, fake.url + group.prefix, database.url if database else None)
+                        env.update(extra_env)
+                        servers["proxy"] = ProxyServer(env, workers=args.workers).start()
+                    ports = {name: server.port for name, server in servers.items()}
                     if not any(c.rss_per_stream for c in group_cases):
-                        bench.warm_up(mode, group, group_cases, fake, proxy.port if proxy else None, driver)
+                        bench.warm_up(mode, group, group_cases, fake, ports, driver)
                     for case in group_cases:
-                        bench.run_case(mode, case, fake, proxy, driver)
+                        bench.run_case(mode, case, fake, servers, driver)
                 finally:
-                    if proxy is not None:
-                        own_cpu += procstat.tree_cpu(procstat.tree(proxy.pid))
-                        proxy.stop()
+                    for server in servers.values():
+                        own_cpu += procstat.tree_cpu(procstat.tree(server.pid))
+                        server.stop()
     finally:
         own_cpu += procstat.cpu_seconds(driver.pid) + procstat.cpu_seconds(fake.pid)
         driver.close()

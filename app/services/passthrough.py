@@ -2,11 +2,10 @@
 the answer comes back unchanged while a side parser reads the usage for accounting."""
 from __future__ import annotations
 
-import json
 import logging
 from urllib.parse import quote
 
-from app import logs
+from app import jsoncodec, logs
 from app.errors import ProxyError, error_json, error_type_for_status, sse_error_event, upstream_error_message
 from app.exchange import Incoming, Reply
 from app.records import RequestRecord
@@ -226,8 +225,8 @@ def _describe(inc: Incoming, rec: RequestRecord) -> None:
 
 def _read_description(inc: Incoming, rec: RequestRecord) -> None:
     try:
-        body = json.loads(inc.body)
-    except (ValueError, RecursionError):
+        body = jsoncodec.loads_lenient(inc.body)
+    except ValueError:
         return
     if not isinstance(body, dict):
         return
@@ -242,8 +241,8 @@ def _read_description(inc: Incoming, rec: RequestRecord) -> None:
 def _account_json(rec: RequestRecord, data: bytes, path: str) -> bool:
     """Read usage or the error from a JSON answer; False when the body is not a JSON object."""
     try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
+        obj = jsoncodec.loads_lenient(data)
+    except ValueError:
         return False
     if not isinstance(obj, dict):
         return False

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Protocol
 
-import gevent
-from gevent.queue import Empty, Queue
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
 from app import logs
 from app.errors import ProxyError, error_type_for_status, upstream_error_message
 from app.records import RequestRecord
-from app.services.upstream import close_quietly, iter_body
+from app.services.bodyreader import BodyReader
+from app.services.upstream import close_quietly
 from app.translation.stream import PING
 from app.usage import Usage, apply_usage
-
-_END = object()
-
 
 class StreamPlug(Protocol):
     """What one kind of stream does inside the frame."""
@@ -58,23 +54,27 @@ def relay_stream(resp, rec: RequestRecord, plug: StreamPlug, recorder, *, ping_i
 def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: float,
            shutting_down: Callable[[], bool]) -> Iterator[bytes]:
     debug = logs.debug_enabled()
-    chunks = with_keepalive(iter_body(resp), ping_interval)
+    reader = BodyReader(resp)
+    wait = ping_interval or None
     try:
         head = plug.head()
         if head:
             yield head
-        for chunk in chunks:
-            if chunk is None:
+        while not plug.done:
+            chunk = reader.read(wait)
+            if chunk is None:  # the upstream was silent for a ping interval
                 yield PING
                 continue
+            if not chunk:
+                break
             if debug:
                 logs.debug_chunk(rec.request_id, chunk)
             out = plug.feed(chunk)
             if out:
                 yield out
                 plug.seen(out)
-            if plug.done:
-                break
+        if plug.done:
+            reader.read_end()
         tail = plug.tail()
         if tail:
             yield tail
@@ -85,47 +85,12 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
         rec.error_type, rec.error_message = stream_failure(exc, shutting_down())
         yield plug.failure(rec.error_type, rec.error_message)
     finally:
-        chunks.close()  # the keep-alive reader stops before the connection is released or closed
-        close_quietly(resp, complete=plug.reusable and rec.error_type is None)
+        reusable = reader.complete and plug.reusable and rec.error_type is None
+        if reusable:
+            reader.finish()
+        close_quietly(resp, complete=reusable)
         apply_usage(rec, plug.usage())
         recorder.finish(rec)
-
-
-def with_keepalive(chunks: Iterator[bytes], interval: float) -> Iterator[bytes | None]:
-    """Yield the chunks as they come, and None whenever the upstream has been silent for `interval` s.
-
-    The upstream is read in a helper greenlet so a silent upstream (a reasoning model thinking for
-    minutes) never blocks the keep-alive; closing this generator kills the reader at once.
-    """
-    if not interval:
-        yield from chunks
-        return
-    queue: Queue = Queue(maxsize=64)
-
-    def pump() -> None:
-        try:
-            for chunk in chunks:
-                queue.put(chunk)
-            queue.put(_END)
-        except BaseException as exc:  # handed to the consumer, which decides what it means
-            queue.put(exc)
-
-    reader = gevent.spawn(pump)
-    try:
-        while True:
-            try:
-                item = queue.get(timeout=interval)
-            except Empty:
-                yield None
-                continue
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        # wait for it: a reader still inside a read would share the connection with its next user
-        reader.kill(block=True, timeout=1)
 
 
 def stream_failure(exc: BaseException, shutting_down: bool = False) -> tuple[str, str]:

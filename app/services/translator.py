@@ -1,14 +1,11 @@
 """Translation mode: an Anthropic request in, an OpenAI Chat Completions call out, an Anthropic answer back."""
 from __future__ import annotations
 
-import json
-import re
 
-from app import logs
+from app import jsoncodec, logs
 from app.client_key import presented_key
 from app.errors import ProxyError, invalid_request
 from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
-from app.jsonenc import compact_ascii
 from app.masking import mask_secret
 from app.records import RequestRecord
 from app.services.headers import translation_headers
@@ -25,52 +22,15 @@ from app.translation.validation import RequestValidationError, validate_count_to
 from app.usage import Usage, apply_usage, classify_request, usage_from_message
 from config.settings import Settings
 
-_TOO_LARGE_NUMBER = ("Request body contains a number too large to represent (such as 1e999); JSON numbers "
-                     "must fit a 64-bit float")
-
-# An escaped UTF-16 surrogate (json.loads accepts a lone "\ud800"; it is not Unicode, and upstreams reject it).
-_SURROGATE_ESCAPE = re.compile(rb"\\ud[89a-f][0-9a-f]{2}")
-
-
-def _has_lone_surrogate(data: bytes) -> bool:
-    """Whether an escaped high surrogate lacks its low partner right after it, or a low one stands alone.
-
-    Literal-prefixed matching keeps this linear; `\\` before a match means escaped text, not an escape.
-    """
-    expect_low_at = -1
-    for m in _SURROGATE_ESCAPE.finditer(data):
-        start = m.start()
-        backslashes = 0
-        while start - backslashes - 1 >= 0 and data[start - backslashes - 1] == 0x5C:
-            backslashes += 1
-        if backslashes % 2:
-            continue
-        high = data[start + 3] in b"89ab"
-        if expect_low_at >= 0:
-            if start != expect_low_at or high:
-                return True
-            expect_low_at = -1
-        elif high:
-            expect_low_at = m.end()
-        else:
-            return True
-    return expect_low_at >= 0
-
-
 def encode_body(payload: dict) -> bytes:
-    """The upstream body. ensure_ascii (the default) is ~3x faster than ensure_ascii=False on large
-    bodies; it escapes every non-ASCII character, so a lone surrogate shows as an escape we can find.
-
-    A number too large for a float (1e999 parses as infinity) has no JSON spelling: a 400, not `Infinity`.
-    """
+    """The upstream body; a lone UTF-16 surrogate (not Unicode, and refused by every upstream) is a 400."""
     try:
-        data = compact_ascii(payload).encode()
-    except ValueError:
-        raise invalid_request(_TOO_LARGE_NUMBER) from None
-    if b"\\ud" in data and _has_lone_surrogate(data):
-        raise invalid_request("Request body contains an unpaired UTF-16 surrogate escape (such as \\ud800), "
-                              "which is not valid Unicode")
-    return data
+        return jsoncodec.dumps(payload)
+    except ValueError as exc:
+        if "surrogate" in str(exc):
+            raise invalid_request("Request body contains an unpaired UTF-16 surrogate escape (such as \\ud800), "
+                                  "which is not valid Unicode") from None
+        raise invalid_request(f"Request body cannot be sent upstream as JSON: {exc}") from None
 
 
 class Translator:
@@ -144,7 +104,7 @@ class Translator:
             raise ProxyError(502, message, err_type) from None
         close_quietly(resp, complete=True)
         try:
-            upstream_json = json.loads(raw)
+            upstream_json = jsoncodec.loads_lenient(raw)
             if not isinstance(upstream_json, dict):
                 raise UpstreamFormatError("Upstream answered with JSON that is not an object")
             message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences)
@@ -197,7 +157,7 @@ class TranslatedStream:
                 self.done = self._saw_done = True
                 break
             try:
-                obj = json.loads(data)
+                obj = jsoncodec.loads_lenient(data)
             except ValueError:
                 out.append(translator.error("api_error", "Upstream sent a malformed stream chunk"))
                 self.done = True

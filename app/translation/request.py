@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from app.jsonenc import compact
+from app.jsoncodec import dumps_lenient
 
 from .models import Route
 from .schema import clean_schema
@@ -204,7 +204,7 @@ class _Conversation:
                     "type": "function",
                     "function": {
                         "name": name,
-                        "arguments": compact({} if args is None else args),
+                        "arguments": dumps_lenient({} if args is None else args).decode(),
                     },
                 })
             elif kind in _DROPPED_BLOCKS:

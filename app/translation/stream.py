@@ -22,7 +22,7 @@ from json.encoder import encode_basestring_ascii as _json_string_ascii
 from typing import Any, Sequence
 
 from app.errors import error_type_for_upstream, sse_error_event, upstream_error_text
-from app.jsonenc import compact, compact_ascii
+from app.jsoncodec import dumps_lenient
 from app.usage import TEXT_CAP, Usage
 
 from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id
@@ -30,13 +30,9 @@ from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_i
 _TEXT, _THINKING = "text", "thinking"  # block keys; tool-call keys are their OpenAI index (int)
 
 
-
 def format_sse(event: str, data: dict) -> bytes:
-    """`event: <event>\\ndata: <compact json>\\n\\n`."""
-    try:
-        return f"event: {event}\ndata: {compact(data)}\n\n".encode()
-    except UnicodeEncodeError:  # a lone surrogate from the upstream: escape it instead of failing
-        return f"event: {event}\ndata: {compact_ascii(data)}\n\n".encode()
+    """`event: <event>\\ndata: <compact json>\\n\\n` (a lone surrogate from the upstream is escaped)."""
+    return b"event: %s\ndata: %s\n\n" % (event.encode(), dumps_lenient(data))
 
 
 def _delta_event(index: int, kind: str, field: str, fragment: str) -> bytes:

@@ -1,10 +1,9 @@
 """The SSE parser and the relay helpers both modes share."""
-import gevent
 import pytest
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from app.records import RequestRecord
-from app.services.relay import StreamBody, abandoned, stream_failure, with_keepalive
+from app.services.relay import StreamBody, abandoned, stream_failure
 from app.sse import SSEDecoder
 
 
@@ -26,32 +25,6 @@ def test_an_unterminated_event_stays_pending():
     decoder = SSEDecoder()
     assert decoder.feed(b'data: {"half"') == []
     assert decoder.pending == b'data: {"half"'
-
-
-def test_keepalive_yields_none_while_the_source_is_silent():
-    def slow():
-        yield b"first"
-        gevent.sleep(0.35)
-        yield b"second"
-
-    items = list(with_keepalive(slow(), 0.1))
-    assert items[0] == b"first" and items[-1] == b"second"
-    assert items.count(None) >= 2  # pings while the upstream was silent
-
-
-def test_keepalive_passes_source_errors_on():
-    def broken():
-        yield b"a"
-        raise ProtocolError("connection broken")
-
-    out = with_keepalive(broken(), 5)
-    assert next(out) == b"a"
-    with pytest.raises(ProtocolError):
-        next(out)
-
-
-def test_keepalive_off_is_a_plain_iteration():
-    assert list(with_keepalive(iter([b"x", b"y"]), 0)) == [b"x", b"y"]
 
 
 @pytest.mark.parametrize("exc, error_type", [
