@@ -19,6 +19,7 @@ from app.services.upstream import close_quietly
 from app.translation.stream import PING
 from app.usage import Usage, apply_usage
 
+
 class StreamPlug(Protocol):
     """What one kind of stream does inside the frame."""
 
