@@ -7,12 +7,15 @@ import sys
 
 from app.version import __version__
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILE = os.path.join(ROOT, "config", "gunicorn.conf.py")
+# The package is `app` in a checkout and `claude_nexus_proxy` when installed: gunicorn is pointed at
+# this package's own modules, so the installed command works from any working directory.
+PACKAGE = __package__ or "app"
+CONFIG_MODULE = f"python:{PACKAGE}.gunicorn_conf"
+WSGI_APP = f"{PACKAGE}.wsgi:app"
 
 EPILOG = """\
 commands:
-  (none) | serve            run the proxy (gunicorn with gevent workers, config/gunicorn.conf.py)
+  (none) | serve            run the proxy (gunicorn with gevent workers)
   oauth-login FILE [--create-api-key]
                             log in to Claude with OAuth and write a credential file
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve() -> int:
     from gunicorn.app.wsgiapp import WSGIApplication
 
-    sys.argv = ["claude-nexus-proxy", "-c", CONFIG_FILE, "--chdir", os.getcwd(), "--pythonpath", ROOT, "wsgi:app"]
+    sys.argv = ["claude-nexus-proxy", "-c", CONFIG_MODULE, "--chdir", os.getcwd(), WSGI_APP]
     WSGIApplication("%(prog)s [OPTIONS]").run()
     return 0
 

@@ -34,8 +34,11 @@ def test_procfile_dockerfile_and_cli_run_the_same_server():
     procfile = (ROOT / "Procfile").read_text().strip()
     assert procfile.startswith("web: ")
     assert shlex.split(procfile[len("web: "):]) == _cmd() == ["gunicorn", "-c", "config/gunicorn.conf.py", "wsgi:app"]
-    from app.cli import CONFIG_FILE
-    assert Path(CONFIG_FILE) == ROOT / "config" / "gunicorn.conf.py"
+    # the CLI serves the package's own config module; the file the Procfile names is that module re-exported
+    from app.cli import CONFIG_MODULE, WSGI_APP
+    assert (CONFIG_MODULE, WSGI_APP) == ("python:app.gunicorn_conf", "app.wsgi:app")
+    assert "from app.gunicorn_conf import *" in (ROOT / "config" / "gunicorn.conf.py").read_text()
+    assert "from app.wsgi import app" in (ROOT / "wsgi.py").read_text()
 
 
 def test_image_installs_the_pinned_requirements_as_non_root_with_a_health_check():
