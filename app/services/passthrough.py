@@ -8,7 +8,8 @@ from typing import Iterator, Mapping
 from urllib.parse import quote
 
 from app import logs
-from app.errors import ProxyError, error_json, error_type_for_status, sse_error_event, upstream_error_message
+from app.errors import (ProxyError, error_json, error_type_for_status, from_upstream, sse_error_event,
+                        upstream_error_message, upstream_host)
 from app.exchange import Incoming, Reply
 from app.masking import mask_text
 from app.services.recording import last_user_text
@@ -82,6 +83,7 @@ class Passthrough:
         self.credentials = credentials
         self.recorder = recorder
         self.base = settings.anthropic_base_url.rstrip("/")
+        self.upstream_host = upstream_host(self.base)
         self._slack_global = bool(settings.slack_webhook_url and settings.slack_enabled)
 
     def slack_for(self, domain: str) -> bool:
@@ -120,7 +122,7 @@ class Passthrough:
             data = resp.read()
         except Exception as exc:
             close_quietly(resp)
-            rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down)
+            rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
             data = error_json(rec.error_type, rec.error_message)
             rec.status = 502
             return Reply(502, [("content-type", "application/json")], data, lambda: self.recorder.finish(rec, started))
@@ -131,8 +133,8 @@ class Passthrough:
             # it can parse, with the upstream's status (502 for a 2xx it could not use).
             status = resp.status if resp.status >= 400 else 502
             rec.status, rec.error_type = status, error_type_for_status(status)
-            rec.error_message = (upstream_error_message(resp.status, data) if resp.status >= 400
-                                 else "Upstream answered with a body that is not a JSON object")
+            rec.error_message = (upstream_error_message(resp.status, data, self.upstream_host) if resp.status >= 400
+                                 else from_upstream(self.upstream_host, "answered with a body that is not a JSON object"))
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
             out_headers.append(("content-type", "application/json"))
             data = error_json(rec.error_type, rec.error_message)
@@ -183,7 +185,7 @@ class Passthrough:
             rec.error_type = rec.error_type or "client_disconnected"
             raise
         except Exception as exc:
-            rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down)
+            rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
             yield (b"\n\n" if decoder.pending else b"") + sse_error_event(rec.error_type, rec.error_message)
         finally:
             close_quietly(resp, complete=completed and rec.error_type is None)

@@ -7,7 +7,7 @@ import gevent
 from gevent.queue import Empty, Queue
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
-from app.errors import ProxyError, error_type_for_status, upstream_error_message
+from app.errors import ProxyError, error_type_for_status, from_upstream, upstream_error_message
 from app.services.upstream import close_quietly
 
 _END = object()
@@ -49,26 +49,26 @@ def with_keepalive(chunks: Iterator[bytes], interval: float) -> Iterator[bytes |
         reader.kill(block=False)
 
 
-def stream_failure(exc: BaseException, shutting_down: bool = False) -> tuple[str, str]:
+def stream_failure(exc: BaseException, shutting_down: bool, host: str) -> tuple[str, str]:
     """The Anthropic error type and message for an upstream that failed after the stream started."""
     if shutting_down:
         return "overloaded_error", "The proxy is shutting down; please retry the request"
     if isinstance(exc, ReadTimeoutError):
-        return "timeout_error", "Upstream stopped sending data (read timeout)"
+        return "timeout_error", from_upstream(host, "stopped sending data (read timeout)")
     if isinstance(exc, (ProtocolError, HTTPError, OSError)):
-        return "api_error", "Upstream connection dropped mid-stream"
+        return "api_error", from_upstream(host, "dropped the connection mid-stream")
     if isinstance(exc, ProxyError):
         return exc.error_type, exc.message
-    return "api_error", f"Upstream stream failed: {type(exc).__name__}"
+    return "api_error", f"The stream from upstream {host} failed: {type(exc).__name__}"
 
 
-def upstream_http_error(status: int, body: bytes, headers) -> ProxyError:
-    """A ProxyError carrying the upstream's status, its Anthropic error type and its own message."""
+def upstream_http_error(status: int, body: bytes, headers, host: str) -> ProxyError:
+    """A ProxyError carrying the upstream's status, its Anthropic error type and its own message, naming it."""
     extra = {}
     retry_after = headers.get("retry-after")
     if retry_after:
         extra["retry-after"] = retry_after
-    return ProxyError(status, upstream_error_message(status, body), error_type_for_status(status), extra)
+    return ProxyError(status, upstream_error_message(status, body, host), error_type_for_status(status), extra)
 
 
 def read_error_body(resp, limit: int = 65536) -> bytes:

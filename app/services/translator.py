@@ -7,7 +7,7 @@ import re
 from typing import Iterator
 
 from app import logs
-from app.errors import ProxyError, invalid_request
+from app.errors import ProxyError, from_upstream, invalid_request, upstream_host
 from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
 from app.masking import mask_secret
 from app.services.access import presented_key
@@ -74,6 +74,7 @@ class Translator:
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
+        self.upstream_host = upstream_host(self.url)
         self.user_agent = f"claude-nexus-proxy/{__version__}"
         self._completion_tokens_models: set[str] = set()
 
@@ -115,7 +116,7 @@ class Translator:
                 if resp.status >= 400:
                     error = read_error_body(resp)
             if resp.status >= 400:
-                raise upstream_http_error(resp.status, error, resp.headers)
+                raise upstream_http_error(resp.status, error, resp.headers, self.upstream_host)
         model = rec.model_requested or chosen.model
         stop_sequences = body.get("stop_sequences") or ()
         if not stream:
@@ -130,7 +131,7 @@ class Translator:
             raw = resp.read()
         except Exception as exc:
             close_quietly(resp)
-            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            err_type, message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
             raise ProxyError(502, message, err_type) from None
         close_quietly(resp, complete=True)
         try:
@@ -139,7 +140,8 @@ class Translator:
                 raise UpstreamFormatError("Upstream answered with JSON that is not an object")
             message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences)
         except (ValueError, UpstreamFormatError) as exc:
-            raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
+            raise ProxyError(502, from_upstream(self.upstream_host, f"answered with an unusable body: {exc}"),
+                             "api_error") from None
         logs.debug_response(rec.request_id, 200, {}, message)
         usage = message.get("usage") or {}
         rec.input_tokens = usage.get("input_tokens") or 0
@@ -194,7 +196,7 @@ class Translator:
             rec.error_type = rec.error_type or "client_disconnected"
             raise
         except Exception as exc:
-            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            err_type, message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
             rec.error_type, rec.error_message = err_type, message
             yield translator.error(err_type, message)
         finally:
