@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from flask import Flask
@@ -17,6 +16,7 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         from app.masking import register_secret
+        from app.paths import client_setup_dir
         from app.services.access import AccessControl
         from app.services.accounting import Accounting
         from app.services.credentials import CredentialManager
@@ -32,7 +32,7 @@ class Services:
         for secret in (settings.claude_code_proxy_api_key, settings.claude_api_key, *settings.proxy_api_keys):
             if secret:
                 register_secret(secret)
-        self.setup_dir = os.path.abspath(settings.client_setup_dir)
+        self.setup_dir = client_setup_dir(settings.client_setup_dir)
         self.storage = open_storage(settings)
         try:
             self.storage.migrate()

@@ -172,7 +172,7 @@ class Settings:
     retry_max_wait: float = 20.0
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
-    client_setup_dir: str = "client-setup"
+    client_setup_dir: str | None = None  # unset: the client-setup/ folder shipped with the proxy
 
     @property
     def max_body_bytes(self) -> int:
