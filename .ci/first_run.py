@@ -185,6 +185,17 @@ def check_run(name: str, argv: list[str], cwd: Path, env: dict, fake: FakeUpstre
             proc.wait(10)
 
 
+def check_every_module_imports(env: dict, cwd: Path, package: str) -> None:
+    """Every module of the package imports with what this venv has: nothing comes only from the dev requirements."""
+    probe = ("import importlib, pkgutil, sys; p = importlib.import_module(sys.argv[1]); "
+             "[importlib.import_module(m.name) for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')"
+             " if not m.name.endswith(('.__main__', '.gunicorn_conf', '.wsgi'))]")
+    out = subprocess.run(["python", "-c", probe, package], cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise Failed(f"a module of {package} does not import with requirements.txt alone:\n{out.stderr[-3000:]}")
+    log(f"every module of {package} imports with requirements.txt alone")
+
+
 def check_installed_layout(env: dict, cwd: Path) -> None:
     probe = ("import importlib.util as u, json; "
              "print(json.dumps({n: u.find_spec(n) is not None for n in ('claude_nexus_proxy', 'app', 'config', 'wsgi')}))")
@@ -192,11 +203,12 @@ def check_installed_layout(env: dict, cwd: Path) -> None:
                                       capture_output=True, text=True).stdout)
     if found != {"claude_nexus_proxy": True, "app": False, "config": False, "wsgi": False}:
         raise Failed(f"pip install . put these top-level names on the path: {found}")
-    for args, expect in ((["--version"], "claude-nexus-proxy "), (["--help"], "--env-file")):
+    for args, expect in ((["--version"], "claude-nexus-proxy "), (["--help"], "--env-file"),
+                         (["oauth-login", "--help"], "--create-api-key")):
         out = subprocess.run(["claude-nexus-proxy", *args], cwd=cwd, env=env, capture_output=True, text=True)
         if out.returncode != 0 or expect not in out.stdout:
             raise Failed(f"claude-nexus-proxy {' '.join(args)}: status {out.returncode}\n{out.stdout}{out.stderr}")
-    log("installed: only claude_nexus_proxy at the top level; --version and --help work")
+    log("installed: only claude_nexus_proxy at the top level; --version, --help and oauth-login --help work")
 
 
 def main() -> int:
@@ -212,6 +224,7 @@ def main() -> int:
 
         env = new_venv(work / "venv-requirements")
         check_run("README command", ["bash", "-c", command], checkout, env, fake, work / "readme.log")
+        check_every_module_imports(env, checkout, "app")
         procfile = procfile_command()
         check_run(f"Procfile ({procfile})", shlex.split(procfile), checkout, env, fake, work / "procfile.log")
 
@@ -223,6 +236,7 @@ def main() -> int:
         elsewhere = work / "elsewhere"
         elsewhere.mkdir()
         check_installed_layout(env, elsewhere)
+        check_every_module_imports(env, elsewhere, "claude_nexus_proxy")
         check_run("installed claude-nexus-proxy", ["claude-nexus-proxy"], elsewhere, env, fake,
                   work / "installed.log", expect_setup_file=True)
         log(f"passed in {time.monotonic() - began:.0f}s")
