@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -404,3 +406,11 @@ def test_a_mapped_domain_whose_file_cannot_be_read_fails_closed(tmp_path):
     resp = client.post("/v1/messages", json=body, headers={"Host": "team.example.com"})
     assert resp.status_code == 401 and resp.get_json()["error"]["type"] == "authentication_error"
     assert "cannot be read" in resp.get_json()["error"]["message"]
+
+
+def test_the_readme_shows_the_real_no_key_health_answer(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `GET /` (and `HEAD /`)"))
+    documented = re.search(r"callers without a key get only `\{([^}]*)\}`", row).group(1)
+    body = make_client(tmp_path, PROXY_API_KEYS="readme-check-key-123456").get("/").get_json()
+    assert [k.strip('"') for k in documented.split(",")] == list(body)
