@@ -109,7 +109,8 @@ class Translator:
         if not stream:
             return self._json(resp, rec, model, stop_sequences)
         plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                                 input_tokens=estimate_input_tokens(body)),
+                                                 input_tokens=estimate_input_tokens(body),
+                                                 upstream_host=self.upstream_host),
                                 self.settings.max_sse_event_bytes)
         rec.status = 200
         body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,

@@ -505,6 +505,7 @@ def test_upstream_failure_mid_stream_ends_with_error_event(proxy, client, fake, 
     assert time.monotonic() - started < 20
     if fault == "error_object":
         assert "upstream exploded mid-way" in str(info.value)
+        assert "upstream 127.0.0.1:" in str(info.value)  # named: the upstream failed, not the proxy
     # on the wire: text already sent, then one error event, then the end
     resp = raw_post(proxy, {"model": MODEL, "max_tokens": 64, "stream": True, "messages": user("x")})
     assert resp.status_code == 200
