@@ -21,7 +21,7 @@ try:
     if not os.environ.get("NEXUS_ENV_LOADED"):
         load_env_files(os.environ.get("NEXUS_ENV_FILE"))
     _settings = Settings.from_env()
-    from app.services.access import check_client_key_files
+    from app.services.client_key_files import check_client_key_files
 
     check_client_key_files(_settings)
 except SettingsError as _exc:

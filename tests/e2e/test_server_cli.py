@@ -239,3 +239,16 @@ def test_the_banner_is_printed_once_by_the_master_whatever_the_worker_count(tmp_
     assert output.count("WARNING: listening on 0.0.0.0") == 1, output
     assert "2 workers" in output
     assert key not in output and key[-6:] not in output
+    # the master imported nothing that holds the unpatched ssl, so the workers' TLS to the upstream is cooperative
+    assert "MonkeyPatchWarning" not in output, output
+
+
+def test_the_workers_upstream_tls_is_gevent_cooperative():
+    """What the master imports before forking must leave urllib3 on gevent's ssl once a worker patches."""
+    probe = ("import app.gunicorn_conf\n"
+             "from gevent import monkey; monkey.patch_all()\n"
+             "import ssl, urllib3.util.ssl_ as u\n"
+             "assert u.SSLContext is ssl.SSLContext, u.SSLContext\n")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], cwd=ROOT, env=_clean_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
