@@ -10,8 +10,8 @@ import ipaddress
 import json
 import os
 
-from app.masking import mask_url
-from app.version import __version__
+from .masking import mask_url
+from .version import __version__
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 

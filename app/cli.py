@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from app.version import __version__
+from .version import __version__
 
 # The package is `app` in a checkout and `claude_nexus_proxy` when installed: gunicorn is pointed at
 # this package's own modules, so the installed command works from any working directory.
@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "oauth-login":
-        from app.oauth_login import main as oauth_main
-        from config.settings import SettingsError, load_env_files
+        from .oauth_login import main as oauth_main
+        from .settings import SettingsError, load_env_files
 
         try:
             load_env_files(None)  # OAUTH_TOKEN_URL / OAUTH_CLIENT_ID may come from ./.env
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return oauth_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from config.settings import Settings, SettingsError, load_env_files
+    from .settings import Settings, SettingsError, load_env_files
 
     try:
         load_env_files(args.env_file)

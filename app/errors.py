@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from app.jsonenc import compact_ascii
-from app.masking import mask_text
+from .jsonenc import compact_ascii
+from .masking import mask_text
 
 # Anthropic's documented error types by HTTP status.
 _TYPE_BY_STATUS = {

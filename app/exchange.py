@@ -5,12 +5,12 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
-from app.errors import invalid_request
-from app.jsonenc import compact_ascii
-from app.records import RequestRecord
+from .errors import invalid_request
+from .jsonenc import compact_ascii
+from .records import RequestRecord
 
 if TYPE_CHECKING:
-    from app.services.access import Identity
+    from .services.access import Identity
 
 
 @dataclass

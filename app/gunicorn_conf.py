@@ -11,9 +11,9 @@ import time
 
 import gunicorn.arbiter
 
-from app.banner import banner_lines
-from config.settings import Settings, SettingsError, load_env_files
-from app.worker import ProxyWorker
+from .banner import banner_lines
+from .settings import Settings, SettingsError, load_env_files
+from .worker import ProxyWorker
 
 _started_at = time.time()
 
@@ -21,7 +21,7 @@ try:
     if not os.environ.get("NEXUS_ENV_LOADED"):
         load_env_files(os.environ.get("NEXUS_ENV_FILE"))
     _settings = Settings.from_env()
-    from app.services.client_key_files import check_client_key_files
+    from .services.client_key_files import check_client_key_files
 
     check_client_key_files(_settings)
 except SettingsError as _exc:
@@ -53,7 +53,7 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
-    from app.lifecycle import worker_started
+    from .lifecycle import worker_started
 
     # A terminal's Ctrl+C reaches the workers too; treat it like SIGTERM (finish in-flight requests).
     signal.signal(signal.SIGINT, worker.handle_exit)
@@ -61,12 +61,12 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    from app.lifecycle import worker_stopping
+    from .lifecycle import worker_stopping
 
     worker_stopping(worker)
 
 
 def on_exit(server):
-    from app.lifecycle import print_final_report
+    from .lifecycle import print_final_report
 
     print_final_report(_settings, _started_at)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.records import RequestRecord
+    from .records import RequestRecord
 
 # Slack shows the user's prompt and the assistant's answer; nothing else needs more, so texts stop here.
 TEXT_CAP = 4000

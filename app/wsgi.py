@@ -1,4 +1,4 @@
 """The WSGI application gunicorn serves (`<package>.wsgi:app`); the top-level wsgi.py re-exports it."""
-from app import create_app
+from . import create_app
 
 app = create_app()

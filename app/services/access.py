@@ -16,11 +16,11 @@ import hmac
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
-from app.client_key import presented_key
-from app.errors import ProxyError
-from app.services.client_key_files import check_client_key_files  # noqa: F401  (kept light: see there)
-from app.services.credentials import CredentialManager, host_without_port
-from config.settings import Settings
+from ..client_key import presented_key
+from ..errors import ProxyError
+from .client_key_files import check_client_key_files  # noqa: F401  (kept light: see there)
+from .credentials import CredentialManager, host_without_port
+from ..settings import Settings
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from config.settings import Settings, SettingsError
+from ..settings import Settings, SettingsError
 
 
 def check_client_key_files(settings: Settings) -> None:

@@ -6,20 +6,20 @@ import json
 import logging
 from urllib.parse import quote
 
-from app import logs
-from app.errors import (ProxyError, error_json, error_type_for_status, from_upstream, sse_error_event,
+from .. import logs
+from ..errors import (ProxyError, error_json, error_type_for_status, from_upstream, sse_error_event,
                         upstream_error_message, upstream_host)
-from app.exchange import Incoming, Reply
-from app.records import RequestRecord
-from app.masking import mask_text
-from app.services.credentials import CredentialManager
-from app.services.headers import forward_headers, response_headers
-from app.services.recording import Recorder, last_user_text
-from app.services.relay import relay_stream, stream_failure
-from app.services.upstream import UpstreamClient, close_quietly
-from app.sse import SSEDecoder
-from app.usage import StreamUsage, Usage, apply_usage, classify_request, usage_from_message
-from config.settings import Settings
+from ..exchange import Incoming, Reply
+from ..records import RequestRecord
+from ..masking import mask_text
+from .credentials import CredentialManager
+from .headers import forward_headers, response_headers
+from .recording import Recorder, last_user_text
+from .relay import relay_stream, stream_failure
+from .upstream import UpstreamClient, close_quietly
+from ..sse import SSEDecoder
+from ..usage import StreamUsage, Usage, apply_usage, classify_request, usage_from_message
+from ..settings import Settings
 
 log = logging.getLogger("nexus.passthrough")
 

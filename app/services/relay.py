@@ -13,12 +13,12 @@ import gevent
 from gevent.queue import Empty, Queue
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
-from app import logs
-from app.errors import ProxyError, error_type_for_status, from_upstream, upstream_error_message
-from app.records import RequestRecord
-from app.services.upstream import close_quietly, iter_body
-from app.translation.stream import PING
-from app.usage import Usage, apply_usage
+from .. import logs
+from ..errors import ProxyError, error_type_for_status, from_upstream, upstream_error_message
+from ..records import RequestRecord
+from .upstream import close_quietly, iter_body
+from ..translation.stream import PING
+from ..usage import Usage, apply_usage
 
 _END = object()
 

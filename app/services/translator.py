@@ -4,26 +4,26 @@ from __future__ import annotations
 import json
 import re
 
-from app import logs
-from app.client_key import presented_key
-from app.errors import ProxyError, from_upstream, invalid_request, upstream_host
-from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
-from app.jsonenc import compact_ascii
-from app.masking import mask_secret
-from app.records import RequestRecord
-from app.services.headers import translation_headers
-from app.services.recording import Recorder, last_user_text
-from app.services.relay import read_error_body, relay_stream, stream_failure, upstream_http_error
-from app.services.upstream import UpstreamClient, close_quietly
-from app.sse import SSEDecoder
-from app.translation.models import ModelRouter
-from app.translation.request import UnsupportedContent, anthropic_to_openai
-from app.translation.response import UpstreamFormatError, openai_to_anthropic
-from app.translation.stream import StreamTranslator
-from app.translation.tokens import estimate_input_tokens
-from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
-from app.usage import Usage, apply_usage, classify_request, usage_from_message
-from config.settings import Settings
+from .. import logs
+from ..client_key import presented_key
+from ..errors import ProxyError, from_upstream, invalid_request, upstream_host
+from ..exchange import SSE_HEADERS, Incoming, Reply, json_reply
+from ..jsonenc import compact_ascii
+from ..masking import mask_secret
+from ..records import RequestRecord
+from .headers import translation_headers
+from .recording import Recorder, last_user_text
+from .relay import read_error_body, relay_stream, stream_failure, upstream_http_error
+from .upstream import UpstreamClient, close_quietly
+from ..sse import SSEDecoder
+from ..translation.models import ModelRouter
+from ..translation.request import UnsupportedContent, anthropic_to_openai
+from ..translation.response import UpstreamFormatError, openai_to_anthropic
+from ..translation.stream import StreamTranslator
+from ..translation.tokens import estimate_input_tokens
+from ..translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
+from ..usage import Usage, apply_usage, classify_request, usage_from_message
+from ..settings import Settings
 
 _TOO_LARGE_NUMBER = ("Request body contains a number too large to represent (such as 1e999); JSON numbers "
                      "must fit a 64-bit float")

@@ -22,8 +22,8 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from app.errors import ProxyError, from_upstream, upstream_host
-from config.settings import Settings
+from ..errors import ProxyError, from_upstream, upstream_host
+from ..settings import Settings
 
 log = logging.getLogger("nexus.upstream")
 

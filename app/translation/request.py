@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from app.jsonenc import compact
+from ..jsonenc import compact
 
 from .models import Route
 from .schema import clean_schema

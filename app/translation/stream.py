@@ -21,9 +21,9 @@ from json.encoder import encode_basestring as _json_string
 from json.encoder import encode_basestring_ascii as _json_string_ascii
 from typing import Any, Sequence
 
-from app.errors import error_type_for_upstream, from_upstream, sse_error_event, upstream_error_text
-from app.jsonenc import compact, compact_ascii
-from app.usage import TEXT_CAP, Usage
+from ..errors import error_type_for_upstream, from_upstream, sse_error_event, upstream_error_text
+from ..jsonenc import compact, compact_ascii
+from ..usage import TEXT_CAP, Usage
 
 from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from config.settings import Settings
+from app.settings import Settings
 from tests.fakes.server import CountingListener, ProxyServer
 
 PROXY_KEY = "nexus-proxy-key-7f3a9c1e5b2d4f6a8c0e"
@@ -400,7 +400,7 @@ def test_world_readable_credential_file_gets_a_startup_warning(tmp_path, fake_up
 def test_a_mapped_domain_whose_file_cannot_be_read_fails_closed(tmp_path):
     """Its file may hold the client_api_key that protects it: unknown means refused, not open."""
     from app import create_app
-    from config.settings import Settings
+    from app.settings import Settings
 
     settings = Settings.from_env({
         "USAGE_DB_PATH": str(tmp_path / "u.sqlite3"), "TOKEN_REPORT_INTERVAL": "0",

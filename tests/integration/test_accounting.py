@@ -15,7 +15,7 @@ from app.storage import open_storage
 from app.storage.base import StorageDataError, StorageError
 from app.storage.postgres import PostgresStorage
 from app.storage.sqlite import SqliteStorage
-from config.settings import Settings
+from app.settings import Settings
 
 SETTINGS = Settings.from_env({"TOKEN_REPORT_INTERVAL": "0", "USAGE_DB_PATH": ":memory:"})
 SECRET_URL = "postgresql://nexus:hunter2-db-password@db.internal:5432/usage"

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from app import create_app
-from config.settings import Settings
+from app.settings import Settings
 from tests.fakes.server import FakeUpstream, ProxyServer
 
 VALID = {"model": "claude-sonnet-4-5", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}

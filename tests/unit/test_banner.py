@@ -2,7 +2,7 @@
 import json
 
 from app.banner import banner_lines, is_loopback, listen_url
-from config.settings import Settings
+from app.settings import Settings
 
 UPSTREAM_KEY = "github_pat_11ABCDEFG0123456789abcdefghijklmnopqrstuvwxyz"
 
