@@ -1,5 +1,6 @@
-# Same steps as .ci/run (install from requirements.txt, run with config/gunicorn.conf.py),
-# so CI exercises what the image does.
+# CI does not build this image. It proves its two steps in a brand-new venv (.ci/first_run.py: install
+# requirements.txt alone, run the Procfile's command, which is this CMD) and replays its COPY lines
+# (tests/e2e/test_deploy_files.py); keep both true when changing it.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \

@@ -1,4 +1,2 @@
-"""WSGI entry point: `gunicorn -c config/gunicorn.conf.py wsgi:app`."""
-from app import create_app
-
-app = create_app()
+"""WSGI entry point in a checkout: `gunicorn -c config/gunicorn.conf.py wsgi:app`."""
+from app.wsgi import app  # noqa: F401

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from flask import Flask
 
-from config.settings import Settings
+from .settings import Settings
 
 log = logging.getLogger("nexus")
 
@@ -16,24 +15,25 @@ class Services:
     """Everything a request needs, built once per process (each gunicorn worker has its own)."""
 
     def __init__(self, settings: Settings) -> None:
-        from app.masking import register_secret
-        from app.services.access import AccessControl
-        from app.services.accounting import Accounting
-        from app.services.credentials import CredentialManager
-        from app.services.domains import DomainNames
-        from app.services.notifications import Slack, Telemetry
-        from app.services.passthrough import Passthrough
-        from app.services.recording import Recorder
-        from app.services.translator import Translator
-        from app.services.upstream import UpstreamClient
-        from app.storage import StorageError, open_storage
+        from .masking import register_secret
+        from .paths import client_setup_dir
+        from .services.access import AccessControl
+        from .services.accounting import Accounting
+        from .services.credentials import CredentialManager
+        from .services.domains import DomainNames
+        from .services.notifications import Slack, Telemetry
+        from .services.passthrough import Passthrough
+        from .services.recording import Recorder
+        from .services.translator import Translator
+        from .services.upstream import UpstreamClient
+        from .storage import StorageError, open_storage
 
         self.settings = settings
         self.started_at = time.time()
         for secret in (settings.claude_code_proxy_api_key, settings.claude_api_key, *settings.proxy_api_keys):
             if secret:
                 register_secret(secret)
-        self.setup_dir = os.path.abspath(settings.client_setup_dir)
+        self.setup_dir = client_setup_dir(settings.client_setup_dir)
         self.storage = open_storage(settings)
         try:
             self.storage.migrate()
@@ -79,9 +79,9 @@ class Services:
 
 def create_app(settings: Settings | None = None, *, start_background: bool = True) -> Flask:
     """Build the app: settings validated once, services built once, blueprints registered."""
-    from app.blueprints import health, messages, setup_files, stats
-    from app.handlers import register_error_handlers
-    from app.logs import configure_logging
+    from .blueprints import health, messages, setup_files, stats
+    from .handlers import register_error_handlers
+    from .logs import configure_logging
 
     settings = settings or Settings.from_env()
     configure_logging(settings)

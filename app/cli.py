@@ -5,14 +5,17 @@ import argparse
 import os
 import sys
 
-from app.version import __version__
+from .version import __version__
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILE = os.path.join(ROOT, "config", "gunicorn.conf.py")
+# The package is `app` in a checkout and `claude_nexus_proxy` when installed: gunicorn is pointed at
+# this package's own modules, so the installed command works from any working directory.
+PACKAGE = __package__ or "app"
+CONFIG_MODULE = f"python:{PACKAGE}.gunicorn_conf"
+WSGI_APP = f"{PACKAGE}.wsgi:app"
 
 EPILOG = """\
 commands:
-  (none) | serve            run the proxy (gunicorn with gevent workers, config/gunicorn.conf.py)
+  (none) | serve            run the proxy (gunicorn with gevent workers)
   oauth-login FILE [--create-api-key]
                             log in to Claude with OAuth and write a credential file
 
@@ -43,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "oauth-login":
-        from app.oauth_login import main as oauth_main
-        from config.settings import SettingsError, load_env_files
+        from .oauth_login import main as oauth_main
+        from .settings import SettingsError, load_env_files
 
         try:
             load_env_files(None)  # OAUTH_TOKEN_URL / OAUTH_CLIENT_ID may come from ./.env
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return oauth_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from config.settings import Settings, SettingsError, load_env_files
+    from .settings import Settings, SettingsError, load_env_files
 
     try:
         load_env_files(args.env_file)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve() -> int:
     from gunicorn.app.wsgiapp import WSGIApplication
 
-    sys.argv = ["claude-nexus-proxy", "-c", CONFIG_FILE, "--chdir", os.getcwd(), "--pythonpath", ROOT, "wsgi:app"]
+    sys.argv = ["claude-nexus-proxy", "-c", CONFIG_MODULE, "--chdir", os.getcwd(), WSGI_APP]
     WSGIApplication("%(prog)s [OPTIONS]").run()
     return 0
 

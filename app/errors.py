@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from app.jsoncodec import dumps_lenient
-from app.masking import mask_text
+from .jsoncodec import dumps_lenient
+from .masking import mask_text
 
 # Anthropic's documented error types by HTTP status.
 _TYPE_BY_STATUS = {
@@ -126,8 +126,52 @@ def upstream_error_text(error: Any) -> str:
     return str(error)[:500]
 
 
-def upstream_error_message(status: int, body: bytes | str | None) -> str:
-    """The upstream's own message from an error body (Anthropic or OpenAI shape), else a short generic one."""
+# What the upstream did, by its status: the message then says it was the upstream, not the proxy.
+_UPSTREAM_VERB = {
+    401: "rejected the key",
+    402: "refused the request for billing reasons",
+    403: "refused access",
+    404: "did not find the model or path",
+    408: "timed out",
+    413: "refused the request as too large",
+    429: "is rate limiting",
+    529: "is overloaded",
+}
+
+
+def upstream_host(url: str) -> str:
+    """The upstream's host (and port, if any) as a user knows it: `models.github.ai`, `127.0.0.1:11434`."""
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return "(unknown)"
+    return netloc.rsplit("@", 1)[-1] or "(unknown)"
+
+
+def from_upstream(host: str, detail: str, status: int | None = None) -> str:
+    """An error the upstream caused, naming it, so nobody takes it for the proxy's own refusal.
+
+    With a status: `upstream models.github.ai rejected the key (401): Bad credentials`.
+    Without one (the connection failed): `upstream models.github.ai is unreachable: …`.
+    """
+    if status is None:
+        return f"upstream {host} {detail}"
+    verb = _UPSTREAM_VERB.get(status) or ("failed" if status >= 500 else "refused the request")
+    return f"upstream {host} {verb} ({status}): {detail}"
+
+
+def upstream_error_message(status: int, body: bytes | str | None, host: str) -> str:
+    """The message for an upstream's error answer: who answered, what it did, and its own words.
+
+    `upstream models.github.ai rejected the key (401): Bad credentials`. The upstream's words come from
+    an Anthropic or OpenAI error body, else a short plain-text body; an HTML page is not repeated.
+    """
+    return from_upstream(host, _upstream_words(body) or "no error message", status)
+
+
+def _upstream_words(body: bytes | str | None) -> str:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
     try:
         data = json.loads(text)
@@ -139,5 +183,5 @@ def upstream_error_message(status: int, body: bytes | str | None) -> str:
             return msg
     text = text.strip()
     if text and len(text) < 500 and "<html" not in text.lower():
-        return f"Upstream returned HTTP {status}: {text}"
-    return f"Upstream returned HTTP {status}"
+        return text
+    return ""

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
-from app import jsoncodec
-from app.errors import invalid_request
-from app.records import RequestRecord
+from . import jsoncodec
+from .errors import invalid_request
+from .records import RequestRecord
 
 if TYPE_CHECKING:
-    from app.services.access import Identity
+    from .services.access import Identity
 
 
 @dataclass

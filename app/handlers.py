@@ -6,7 +6,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from app.errors import ProxyError, body_too_large, error_json, error_type_for_status
+from .errors import ProxyError, body_too_large, error_json, error_type_for_status
 
 log = logging.getLogger("nexus")
 

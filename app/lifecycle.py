@@ -48,8 +48,8 @@ def print_final_report(settings, started_at: float) -> None:
         import time
         from datetime import datetime
 
-        from app.services.report import format_report
-        from app.storage import open_storage
+        from .services.report import format_report
+        from .storage import open_storage
 
         storage = open_storage(settings)
         try:

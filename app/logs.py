@@ -15,8 +15,8 @@ import sys
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from app.masking import mask_headers, mask_json, mask_text
-from config.settings import Settings
+from .masking import mask_headers, mask_json, mask_text
+from .settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 MAX_STR = 1000  # long strings in dumped bodies are cut to this many characters

@@ -302,3 +302,23 @@ def mask_text(text: str) -> str:
         if trigger in low:
             return _TEXT_RE.sub(_text_sub, text)
     return text
+
+
+def mask_url(url: str | None) -> str:
+    """A URL fit to show (start-up banner): any user-info becomes ``****``, secret-looking query values too.
+
+    Some upstreams take their key in the URL (``https://user:key@host``, ``https://key@host``,
+    ``?api_key=…``); the host, port and path stay readable.
+    """
+    if not url:
+        return ""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return mask_text(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = STARS + "@" + netloc.rsplit("@", 1)[1]
+    return mask_text(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))

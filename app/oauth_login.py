@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
-from app.services import oauth
+from .services import oauth
 
 AUTHORIZE_URL = "https://claude.ai/oauth/authorize"
 REDIRECT_URI = "http://localhost:54545/callback"
@@ -104,7 +104,7 @@ def _endpoints(settings) -> dict:
     env = os.environ
     if settings is None:
         try:
-            from config.settings import Settings
+            from .settings import Settings
             settings = Settings.from_env()
         except Exception:  # a bad unrelated variable must not block a login
             settings = None

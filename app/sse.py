@@ -9,7 +9,7 @@ larger than `max_event` bytes raises `SSEEventTooLarge`.
 """
 from __future__ import annotations
 
-from app.errors import ProxyError
+from .errors import ProxyError
 
 DEFAULT_MAX_EVENT = 16 * 1024 * 1024
 

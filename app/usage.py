@@ -8,10 +8,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from app.jsoncodec import loads_lenient
+from .jsoncodec import loads_lenient
 
 if TYPE_CHECKING:
-    from app.records import RequestRecord
+    from .records import RequestRecord
 
 # Slack shows the user's prompt and the assistant's answer; nothing else needs more, so texts stop here.
 TEXT_CAP = 4000

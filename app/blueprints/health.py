@@ -5,7 +5,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app.version import __version__
+from ..version import __version__
 
 bp = Blueprint("health", __name__)
 

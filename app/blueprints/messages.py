@@ -6,11 +6,11 @@ import uuid
 
 from flask import Blueprint, Response, current_app, request
 
-from app import logs
-from app.errors import ProxyError, body_too_large
-from app.exchange import Incoming, Reply
-from app.records import RequestRecord
-from app.services.credentials import host_without_port
+from .. import logs
+from ..errors import ProxyError, body_too_large
+from ..exchange import Incoming, Reply
+from ..records import RequestRecord
+from ..services.credentials import host_without_port
 
 bp = Blueprint("messages", __name__)
 # Registered in passthrough mode only: every other /v1/ path the clients use (e.g. GET /v1/models).

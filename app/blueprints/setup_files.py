@@ -5,7 +5,7 @@ import os
 
 from flask import Blueprint, current_app, send_file
 
-from app.errors import ProxyError
+from ..errors import ProxyError
 
 bp = Blueprint("setup_files", __name__)
 

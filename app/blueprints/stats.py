@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app.errors import ProxyError, invalid_request
-from app.storage import StorageError
+from ..errors import ProxyError, invalid_request
+from ..storage import StorageError
 
 bp = Blueprint("stats", __name__)
 

@@ -13,15 +13,14 @@ and the credential files' `client_api_key` are two, and more can be added with `
 from __future__ import annotations
 
 import hmac
-import json
-import os
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
-from app.client_key import presented_key
-from app.errors import ProxyError
-from app.services.credentials import CredentialManager, host_without_port
-from config.settings import Settings, SettingsError
+from ..client_key import presented_key
+from ..errors import ProxyError
+from .client_key_files import check_client_key_files  # noqa: F401  (kept light: see there)
+from .credentials import CredentialManager, host_without_port
+from ..settings import Settings
 
 
 @dataclass(frozen=True)
@@ -157,25 +156,3 @@ class AccessControl:
             if identity is not None and (found is None or (identity.admin and not found.admin)):
                 found = identity
         return found
-
-
-def check_client_key_files(settings: Settings) -> None:
-    """Start-up check: a `client_api_key` that is not a non-empty string is a configuration error.
-
-    Left alone it would protect nothing the operator meant it to. Unreadable files are not judged here:
-    they are warned about, and their domain is refused until they can be read.
-    """
-    for domain, configured in settings.domain_credential_mapping.items():
-        path = os.path.abspath(os.path.expanduser(str(configured)))
-        try:
-            with open(path, "rb") as fh:
-                data = json.loads(fh.read())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict) or "client_api_key" not in data:
-            continue
-        value = data["client_api_key"]
-        if not isinstance(value, str) or not value.strip():
-            found = "a blank string" if isinstance(value, str) else f"a {type(value).__name__}"
-            raise SettingsError("DOMAIN_CREDENTIAL_MAPPING", f"{configured} ({domain}): client_api_key must be a "
-                                                             f"non-empty string, not {found}")

@@ -17,11 +17,11 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from app.masking import mask_text
-from app.records import RequestRecord
-from app.services.report import format_report, format_started
-from app.storage.base import Storage, StorageDataError, StorageError
-from config.settings import Settings
+from ..masking import mask_text
+from ..records import RequestRecord
+from .report import format_report, format_started
+from ..storage.base import Storage, StorageDataError, StorageError
+from ..settings import Settings
 
 log = logging.getLogger("nexus.accounting")
 

@@ -26,12 +26,12 @@ from typing import Callable, Iterator, Mapping
 import requests
 from gevent.lock import RLock
 
-from app.client_key import presented_key
-from app.errors import ProxyError
-from app.masking import mask_secret, register_secret
-from app.services import oauth as oauth_mod
-from app.services.oauth import OAuthError, refresh_token_hash
-from config.settings import Settings
+from ..client_key import presented_key
+from ..errors import ProxyError
+from ..masking import mask_secret, register_secret
+from . import oauth as oauth_mod
+from .oauth import OAuthError, refresh_token_hash
+from ..settings import Settings
 
 
 log = logging.getLogger(__name__)

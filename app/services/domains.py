@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from app.services.credentials import CredentialManager
+from .credentials import CredentialManager
 
 log = logging.getLogger("nexus")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from app.version import __version__
+from ..version import __version__
 
 ANTHROPIC_VERSION = "2023-06-01"
 USER_AGENT = f"claude-nexus-proxy/{__version__}"

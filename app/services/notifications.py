@@ -21,9 +21,9 @@ from typing import Any
 
 import requests
 
-from app.masking import mask_key_tail, mask_secret, mask_text, register_secret
-from app.records import RequestRecord
-from config.settings import Settings
+from ..masking import mask_key_tail, mask_secret, mask_text, register_secret
+from ..records import RequestRecord
+from ..settings import Settings
 
 log = logging.getLogger("nexus.notifications")
 

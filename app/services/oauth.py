@@ -19,8 +19,8 @@ from typing import Iterator
 
 import requests
 
-from app.masking import STARS, mask_text
-from app.services.headers import token_endpoint_headers
+from ..masking import STARS, mask_text
+from .headers import token_endpoint_headers
 
 log = logging.getLogger(__name__)
 

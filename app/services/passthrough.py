@@ -5,19 +5,20 @@ from __future__ import annotations
 import logging
 from urllib.parse import quote
 
-from app import jsoncodec, logs
-from app.errors import ProxyError, error_json, error_type_for_status, sse_error_event, upstream_error_message
-from app.exchange import Incoming, Reply
-from app.records import RequestRecord
-from app.masking import mask_text
-from app.services.credentials import CredentialManager
-from app.services.headers import forward_headers, response_headers
-from app.services.recording import Recorder, last_user_text
-from app.services.relay import relay_stream, stream_failure
-from app.services.upstream import UpstreamClient, close_quietly
-from app.sse import SSEDecoder
-from app.usage import StreamUsage, Usage, apply_usage, classify_request, usage_from_message
-from config.settings import Settings
+from .. import jsoncodec, logs
+from ..errors import (ProxyError, error_json, error_type_for_status, from_upstream, sse_error_event,
+                     upstream_error_message, upstream_host)
+from ..exchange import Incoming, Reply
+from ..records import RequestRecord
+from ..masking import mask_text
+from .credentials import CredentialManager
+from .headers import forward_headers, response_headers
+from .recording import Recorder, last_user_text
+from .relay import relay_stream, stream_failure
+from .upstream import UpstreamClient, close_quietly
+from ..sse import SSEDecoder
+from ..usage import StreamUsage, Usage, apply_usage, classify_request, usage_from_message
+from ..settings import Settings
 
 log = logging.getLogger("nexus.passthrough")
 
@@ -52,6 +53,7 @@ class Passthrough:
         self.credentials = credentials
         self.recorder = recorder
         self.base = settings.anthropic_base_url.rstrip("/")
+        self.upstream_host = upstream_host(self.base)
         self._slack_global = bool(settings.slack_webhook_url and settings.slack_enabled)
 
     def slack_for(self, domain: str) -> bool:
@@ -80,13 +82,14 @@ class Passthrough:
             rec.stream = True
             # The answer's text is only needed for Slack; skipping it saves parsing every text delta.
             plug = RelayedStream(self.slack_for(rec.domain), self.settings.max_sse_event_bytes)
-            body = relay_stream(resp, rec, plug, self.recorder, shutting_down=lambda: self.upstream.shutting_down)
+            body = relay_stream(resp, rec, plug, self.recorder, shutting_down=lambda: self.upstream.shutting_down,
+                                host=self.upstream_host)
             return Reply(resp.status, out_headers, body, streaming=True)
         try:
             data = resp.read()
         except Exception as exc:
             close_quietly(resp)
-            rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down)
+            rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
             data = error_json(rec.error_type, rec.error_message)
             rec.status = 502
             return Reply(502, [("content-type", "application/json")], data, lambda: self.recorder.finish(rec))
@@ -97,8 +100,8 @@ class Passthrough:
             # it can parse, with the upstream's status (502 for a 2xx it could not use).
             status = resp.status if resp.status >= 400 else 502
             rec.status, rec.error_type = status, error_type_for_status(status)
-            rec.error_message = (upstream_error_message(resp.status, data) if resp.status >= 400
-                                 else "Upstream answered with a body that is not a JSON object")
+            rec.error_message = (upstream_error_message(resp.status, data, self.upstream_host) if resp.status >= 400
+                                 else from_upstream(self.upstream_host, "answered with a body that is not a JSON object"))
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-type"]
             out_headers.append(("content-type", "application/json"))
             data = error_json(rec.error_type, rec.error_message)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 import time
 
-from app.logs import log_access_record
-from app.records import RequestRecord
-from app.usage import TEXT_CAP
+from ..logs import log_access_record
+from ..records import RequestRecord
+from ..usage import TEXT_CAP
 
 log = logging.getLogger("nexus")
 

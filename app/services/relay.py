@@ -11,13 +11,13 @@ from typing import Callable, Iterator, Protocol
 
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
-from app import logs
-from app.errors import ProxyError, error_type_for_status, upstream_error_message
-from app.records import RequestRecord
-from app.services.bodyreader import BodyReader
-from app.services.upstream import close_quietly
-from app.translation.stream import PING
-from app.usage import Usage, apply_usage
+from .. import logs
+from ..errors import ProxyError, error_type_for_status, from_upstream, upstream_error_message
+from ..records import RequestRecord
+from .bodyreader import BodyReader
+from .upstream import close_quietly
+from ..translation.stream import PING
+from ..usage import Usage, apply_usage
 
 
 class StreamPlug(Protocol):
@@ -46,14 +46,17 @@ class StreamPlug(Protocol):
 
 
 def relay_stream(resp, rec: RequestRecord, plug: StreamPlug, recorder, *, ping_interval: float = 0.0,
-                 shutting_down: Callable[[], bool] = lambda: False) -> "StreamBody":
-    """The body of a streamed reply: `plug` run in the frame, with the cleanup of a client that never read it."""
-    return StreamBody(_frame(resp, rec, plug, recorder, ping_interval, shutting_down),
+                 shutting_down: Callable[[], bool] = lambda: False, host: str = "(unknown)") -> "StreamBody":
+    """The body of a streamed reply: `plug` run in the frame, with the cleanup of a client that never read it.
+
+    `host` is the upstream's, named in the error that ends a stream the upstream broke off.
+    """
+    return StreamBody(_frame(resp, rec, plug, recorder, ping_interval, shutting_down, host),
                       abandoned(resp, rec, recorder))
 
 
 def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: float,
-           shutting_down: Callable[[], bool]) -> Iterator[bytes]:
+           shutting_down: Callable[[], bool], host: str) -> Iterator[bytes]:
     debug = logs.debug_enabled()
     reader = BodyReader(resp)
     wait = ping_interval or None
@@ -83,7 +86,7 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
         rec.error_type = rec.error_type or "client_disconnected"
         raise
     except Exception as exc:
-        rec.error_type, rec.error_message = stream_failure(exc, shutting_down())
+        rec.error_type, rec.error_message = stream_failure(exc, shutting_down(), host)
         yield plug.failure(rec.error_type, rec.error_message)
     finally:
         reusable = reader.complete and plug.reusable and rec.error_type is None
@@ -94,26 +97,26 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
         recorder.finish(rec)
 
 
-def stream_failure(exc: BaseException, shutting_down: bool = False) -> tuple[str, str]:
+def stream_failure(exc: BaseException, shutting_down: bool = False, host: str = "(unknown)") -> tuple[str, str]:
     """The Anthropic error type and message for an upstream that failed after the stream started."""
     if shutting_down:
         return "overloaded_error", "The proxy is shutting down; please retry the request"
     if isinstance(exc, ReadTimeoutError):
-        return "timeout_error", "Upstream stopped sending data (read timeout)"
+        return "timeout_error", from_upstream(host, "stopped sending data (read timeout)")
     if isinstance(exc, (ProtocolError, HTTPError, OSError)):
-        return "api_error", "Upstream connection dropped mid-stream"
+        return "api_error", from_upstream(host, "dropped the connection mid-stream")
     if isinstance(exc, ProxyError):
         return exc.error_type, exc.message
-    return "api_error", f"Upstream stream failed: {type(exc).__name__}"
+    return "api_error", f"The stream from upstream {host} failed: {type(exc).__name__}"
 
 
-def upstream_http_error(status: int, body: bytes, headers) -> ProxyError:
-    """A ProxyError carrying the upstream's status, its Anthropic error type and its own message."""
+def upstream_http_error(status: int, body: bytes, headers, host: str) -> ProxyError:
+    """A ProxyError carrying the upstream's status, its Anthropic error type and its own message, naming it."""
     extra = {}
     retry_after = headers.get("retry-after")
     if retry_after:
         extra["retry-after"] = retry_after
-    return ProxyError(status, upstream_error_message(status, body), error_type_for_status(status), extra)
+    return ProxyError(status, upstream_error_message(status, body, host), error_type_for_status(status), extra)
 
 
 def read_error_body(resp, limit: int = 65536) -> bytes:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-WIDTH = 90
+WIDTH = 97
 DOMAIN_WIDTH = 25
 
 
@@ -26,21 +26,21 @@ def format_local_time(now: datetime) -> str:
     return f"{now.month}/{now.day}/{now.year}, {hour}:{now.minute:02d}:{now.second:02d} {suffix}"
 
 
-def _row(domain: str, reqs, query, infer, tools, inp, out, total) -> str:
+def _row(domain: str, reqs, query, infer, tools, errors, inp, out, total) -> str:
     # Every column after the first keeps one separating space even when a value outgrows it,
     # and a domain longer than 25 characters is shown in full (the rest of the row shifts).
-    return (f"{domain:<{DOMAIN_WIDTH}} {reqs:>4} {query:>6} {infer:>6} {tools:>6}"
+    return (f"{domain:<{DOMAIN_WIDTH}} {reqs:>4} {query:>6} {infer:>6} {tools:>6} {errors:>6}"
             f" {inp:>11} {out:>12} {total:>12}")
 
 
 def _cells(values: list[int]) -> list[str]:
     # Counts plain, token columns with thousands separators (as the product prints them).
-    reqs, query, infer, tools, inp, out = values
-    return [str(reqs), str(query), str(infer), str(tools), f"{inp:,}", f"{out:,}", f"{inp + out:,}"]
+    reqs, query, infer, tools, errors, inp, out = values
+    return [str(reqs), str(query), str(infer), str(tools), str(errors), f"{inp:,}", f"{out:,}", f"{inp + out:,}"]
 
 
 def format_report(stats: dict[str, dict], *, now: datetime, uptime_seconds: float) -> str:
-    """The product's table for per-domain stats (camelCase keys as in /token-stats).
+    """The product's table for per-domain stats (camelCase keys as in /token-stats), with failed requests counted.
 
     Rows are sorted by domain name; Total Tok = Input Tok + Output Tok, as in the product.
     """
@@ -48,10 +48,10 @@ def format_report(stats: dict[str, dict], *, now: datetime, uptime_seconds: floa
         "=" * WIDTH,
         f"Token Usage Report - {format_local_time(now)} (Uptime: {format_uptime(uptime_seconds)})",
         "=" * WIDTH,
-        _row("Domain", "Reqs", "Query", "Infer", "Tools", "Input Tok", "Output Tok", "Total Tok"),
+        _row("Domain", "Reqs", "Query", "Infer", "Tools", "Errors", "Input Tok", "Output Tok", "Total Tok"),
         "-" * WIDTH,
     ]
-    sums = [0] * 6
+    sums = [0] * 7
     for domain in sorted(stats):
         s = stats[domain]
         values = [
@@ -59,6 +59,7 @@ def format_report(stats: dict[str, dict], *, now: datetime, uptime_seconds: floa
             int(s.get("queryEvaluationCount") or 0),
             int(s.get("inferenceCount") or 0),
             int(s.get("toolCallCount") or 0),
+            int(s.get("errorCount") or 0),
             int(s.get("inputTokens") or 0),
             int(s.get("outputTokens") or 0),
         ]

@@ -2,25 +2,25 @@
 from __future__ import annotations
 
 
-from app import jsoncodec, logs
-from app.client_key import presented_key
-from app.errors import ProxyError, invalid_request
-from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
-from app.masking import mask_secret
-from app.records import RequestRecord
-from app.services.headers import translation_headers
-from app.services.recording import Recorder, last_user_text
-from app.services.relay import read_error_body, relay_stream, stream_failure, upstream_http_error
-from app.services.upstream import UpstreamClient, close_quietly
-from app.sse import SSEDecoder
-from app.translation.models import ModelRouter
-from app.translation.request import UnsupportedContent, anthropic_to_openai
-from app.translation.response import UpstreamFormatError, openai_to_anthropic
-from app.translation.stream import StreamTranslator
-from app.translation.tokens import estimate_input_tokens
-from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
-from app.usage import Usage, apply_usage, classify_request, usage_from_message
-from config.settings import Settings
+from .. import jsoncodec, logs
+from ..client_key import presented_key
+from ..errors import ProxyError, from_upstream, invalid_request, upstream_host
+from ..exchange import SSE_HEADERS, Incoming, Reply, json_reply
+from ..masking import mask_secret
+from ..records import RequestRecord
+from .headers import translation_headers
+from .recording import Recorder, last_user_text
+from .relay import read_error_body, relay_stream, stream_failure, upstream_http_error
+from .upstream import UpstreamClient, close_quietly
+from ..sse import SSEDecoder
+from ..translation.models import ModelRouter
+from ..translation.request import UnsupportedContent, anthropic_to_openai
+from ..translation.response import UpstreamFormatError, openai_to_anthropic
+from ..translation.stream import StreamTranslator
+from ..translation.tokens import estimate_input_tokens
+from ..translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
+from ..usage import Usage, apply_usage, classify_request, usage_from_message
+from ..settings import Settings
 
 def encode_body(payload: dict) -> bytes:
     """The upstream body; a lone UTF-16 surrogate (not Unicode, and refused by every upstream) is a 400."""
@@ -39,6 +39,7 @@ class Translator:
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
+        self.upstream_host = upstream_host(self.url)
         self.router = ModelRouter(settings.reasoning_model, settings.completion_model, settings.reasoning_max_tokens,
                                   settings.completion_max_tokens, settings.model_map)
         self._completion_tokens_models: set[str] = set()
@@ -56,8 +57,6 @@ class Translator:
             payload = anthropic_to_openai(body, chosen, stream=stream)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
-        except ValueError:  # a tool input holding 1e999 (infinity once parsed) has no JSON spelling
-            raise invalid_request(_TOO_LARGE_NUMBER) from None
         key = self._upstream_key(inc)
         rec.api_key_masked = mask_secret(key)
         rec.auth_type = "api_key"
@@ -68,11 +67,12 @@ class Translator:
         if not stream:
             return self._json(resp, rec, model, stop_sequences)
         plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                                 input_tokens=estimate_input_tokens(body)),
+                                                 input_tokens=estimate_input_tokens(body),
+                                                 upstream_host=self.upstream_host),
                                 self.settings.max_sse_event_bytes)
         rec.status = 200
         body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
-                            shutting_down=lambda: self.upstream.shutting_down)
+                            shutting_down=lambda: self.upstream.shutting_down, host=self.upstream_host)
         return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
 
     def _send_handling_max_tokens(self, rec: RequestRecord, model: str, headers: dict, payload: dict):
@@ -93,14 +93,14 @@ class Translator:
             if resp.status < 400:
                 return resp
             error = read_error_body(resp)
-        raise upstream_http_error(resp.status, error, resp.headers)
+        raise upstream_http_error(resp.status, error, resp.headers, self.upstream_host)
 
     def _json(self, resp, rec: RequestRecord, model: str, stop_sequences) -> Reply:
         try:
             raw = resp.read()
         except Exception as exc:
             close_quietly(resp)
-            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            err_type, message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
             raise ProxyError(502, message, err_type) from None
         close_quietly(resp, complete=True)
         try:
@@ -109,7 +109,8 @@ class Translator:
                 raise UpstreamFormatError("Upstream answered with JSON that is not an object")
             message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences)
         except (ValueError, UpstreamFormatError) as exc:
-            raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
+            raise ProxyError(502, from_upstream(self.upstream_host, f"answered with an unusable body: {exc}"),
+                             "api_error") from None
         logs.debug_response(rec.request_id, 200, {}, message)
         apply_usage(rec, usage_from_message(message))
         rec.status = 200

@@ -21,8 +21,8 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from app.errors import ProxyError
-from config.settings import Settings
+from ..errors import ProxyError, from_upstream, upstream_host
+from ..settings import Settings
 
 log = logging.getLogger("nexus.upstream")
 
@@ -69,15 +69,18 @@ class UpstreamClient:
                 )
             except (ConnectTimeoutError, NewConnectionError) as exc:
                 if last:
-                    raise ProxyError(502, f"Upstream unreachable: {_reason(exc)}", "api_error") from None
+                    raise ProxyError(502, from_upstream(upstream_host(url), f"is unreachable: {_reason(exc)}"),
+                                     "api_error") from None
                 self._backoff(attempt, None, f"connection failed ({_reason(exc)})")
                 continue
             except ReadTimeoutError:
-                raise ProxyError(504, f"Upstream did not answer within {self.settings.read_timeout:g}s", "timeout_error") from None
+                raise ProxyError(504, from_upstream(upstream_host(url), f"did not answer within {self.settings.read_timeout:g}s"),
+                                 "timeout_error") from None
             except (ProtocolError, HTTPError) as exc:
                 # The connection broke before any answer (e.g. a stale keep-alive socket): safe to retry.
                 if last:
-                    raise ProxyError(502, f"Upstream connection failed: {_reason(exc)}", "api_error") from None
+                    raise ProxyError(502, from_upstream(upstream_host(url), f"connection failed: {_reason(exc)}"),
+                                     "api_error") from None
                 self._backoff(attempt, None, f"connection error ({_reason(exc)})")
                 continue
             if resp.status in RETRY_STATUSES and not last:

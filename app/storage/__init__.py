@@ -1,8 +1,8 @@
 """Storage selection: PostgreSQL when `DATABASE_URL` is set, else the embedded SQLite file."""
 from __future__ import annotations
 
-from app.storage.base import Storage, StorageError
-from config.settings import Settings
+from .base import Storage, StorageError
+from ..settings import Settings
 
 __all__ = ["Storage", "StorageError", "open_storage", "is_postgres_url"]
 
@@ -22,10 +22,10 @@ def open_storage(settings: Settings) -> Storage:
     url = settings.database_url
     retention = settings.usage_retention_rows
     if is_postgres_url(url):
-        from app.storage.postgres import PostgresStorage
+        from .postgres import PostgresStorage
 
         return PostgresStorage(url, retention_rows=retention,
                                pool_max=pool_size(settings.worker_connections))
-    from app.storage.sqlite import SqliteStorage
+    from .sqlite import SqliteStorage
 
     return SqliteStorage(settings.usage_db_path, retention_rows=retention)

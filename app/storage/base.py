@@ -6,7 +6,7 @@ import contextlib
 import time
 from typing import Any, ContextManager, Sequence
 
-from app.records import RequestRecord
+from ..records import RequestRecord
 
 SCHEMA_VERSION = 1
 

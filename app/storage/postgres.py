@@ -15,8 +15,8 @@ import time
 import zlib
 from typing import Any, Iterator, Sequence
 
-from app.records import RequestRecord
-from app.storage.base import (
+from ..records import RequestRecord
+from .base import (
     COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
     apply_migrations, model_dict, request_row, stats_query,
 )

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from app.jsoncodec import dumps_lenient
+from ..jsoncodec import dumps_lenient
 
 from .models import Route
 from .schema import clean_schema

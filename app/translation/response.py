@@ -6,7 +6,7 @@ import re
 import secrets
 from typing import Any, Sequence
 
-from app.errors import upstream_error_text
+from ..errors import upstream_error_text
 
 _FINISH = {
     "stop": "end_turn",

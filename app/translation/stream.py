@@ -21,9 +21,9 @@ from json.encoder import encode_basestring as _json_string
 from json.encoder import encode_basestring_ascii as _json_string_ascii
 from typing import Any, Sequence
 
-from app.errors import error_type_for_upstream, sse_error_event, upstream_error_text
-from app.jsoncodec import dumps_lenient
-from app.usage import TEXT_CAP, Usage
+from ..errors import error_type_for_upstream, from_upstream, sse_error_event, upstream_error_text
+from ..jsoncodec import dumps_lenient
+from ..usage import TEXT_CAP, Usage
 
 from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id
 
@@ -84,9 +84,11 @@ class StreamTranslator:
     """Turns parsed OpenAI stream chunks into Anthropic SSE bytes. Not thread-safe; one per response."""
 
     def __init__(
-        self, *, model: str, message_id: str | None = None, stop_sequences: Sequence[str] = (), input_tokens: int = 0
+        self, *, model: str, message_id: str | None = None, stop_sequences: Sequence[str] = (), input_tokens: int = 0,
+        upstream_host: str = "(unknown)",
     ) -> None:
         self.model = model
+        self.upstream_host = upstream_host  # named in an error the upstream reports mid-stream
         self.message_id = message_id or new_message_id()
         self.stop_sequences = tuple(stop_sequences)
         self._estimate = input_tokens
@@ -136,7 +138,8 @@ class StreamTranslator:
             out.append(self.start())
         if chunk.get("error"):
             error = chunk["error"]
-            out.append(self.error(error_type_for_upstream(error), upstream_error_text(error)))
+            out.append(self.error(error_type_for_upstream(error), from_upstream(
+                self.upstream_host, "reported an error mid-stream: " + upstream_error_text(error))))
             return b"".join(out)
         usage = chunk.get("usage")
         if isinstance(usage, dict):

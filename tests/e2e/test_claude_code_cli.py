@@ -436,3 +436,16 @@ def test_readme_carries_the_checked_section():
     for setup in ("translation-server-key", "translation-own-key"):
         assert {f"{setup}/proxy", f"{setup}/client"} <= names, setup
     assert any(n.startswith("passthrough") for n in names), names
+
+
+def test_the_served_client_settings_file_is_enough_for_claude_code(claude, fake, translation_proxy, project, trap):
+    """client-setup/claude-code-settings.json as a user downloads it, host replaced, and no variable set."""
+    import urllib.request
+
+    with urllib.request.urlopen(translation_proxy.url + "/client-setup/claude-code-settings.json", timeout=10) as r:
+        settings = json.loads(r.read())
+    settings["env"]["ANTHROPIC_BASE_URL"] = translation_proxy.url
+    (project.home / ".claude").mkdir(exist_ok=True)
+    (project.home / ".claude" / "settings.json").write_text(json.dumps(settings))
+    run = _run(claude, project, translation_proxy, {}, trap)  # no ANTHROPIC_AUTH_TOKEN / _API_KEY in the env
+    assert_read_and_answered(run, project)

@@ -34,8 +34,11 @@ def test_procfile_dockerfile_and_cli_run_the_same_server():
     procfile = (ROOT / "Procfile").read_text().strip()
     assert procfile.startswith("web: ")
     assert shlex.split(procfile[len("web: "):]) == _cmd() == ["gunicorn", "-c", "config/gunicorn.conf.py", "wsgi:app"]
-    from app.cli import CONFIG_FILE
-    assert Path(CONFIG_FILE) == ROOT / "config" / "gunicorn.conf.py"
+    # the CLI serves the package's own config module; the file the Procfile names is that module re-exported
+    from app.cli import CONFIG_MODULE, WSGI_APP
+    assert (CONFIG_MODULE, WSGI_APP) == ("python:app.gunicorn_conf", "app.wsgi:app")
+    assert "from app.gunicorn_conf import *" in (ROOT / "config" / "gunicorn.conf.py").read_text()
+    assert "from app.wsgi import app" in (ROOT / "wsgi.py").read_text()
 
 
 def test_image_installs_the_pinned_requirements_as_non_root_with_a_health_check():
@@ -46,6 +49,34 @@ def test_image_installs_the_pinned_requirements_as_non_root_with_a_health_check(
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             assert "==" in line, f"unpinned requirement: {line}"
+
+
+def _first_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("first_run", ROOT / ".ci" / "first_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_image_and_the_procfile_use_only_what_the_first_run_check_proves():
+    """`.ci/first_run.py` (run by .ci/run before the suite) proves, in brand-new venvs: requirements.txt alone
+    serves with the README's command and with the Procfile's command. The image must not need more."""
+    first_run = _first_run()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash .ci/first-run.sh" in ci and ci.index("bash .ci/first-run.sh") < ci.index("python3 -m pytest")
+    assert "first_run.py" in (ROOT / ".ci" / "first-run.sh").read_text()
+    # what the check runs is read from the same files
+    assert first_run.procfile_command() == (ROOT / "Procfile").read_text().strip()[len("web: "):]
+    assert shlex.split(first_run.procfile_command()) == _cmd()
+    assert first_run.readme_first_command() == "pip install -r requirements.txt && python3 -m app"
+    # the image installs requirements.txt and nothing else
+    installs = [run for run in _instructions("RUN") if "pip" in run]
+    assert installs == ["pip install -r requirements.txt"], installs
+    # on the Python the check ran with
+    base = re.match(r"python:(\d+)\.(\d+)", _instructions("FROM")[0])
+    assert base and (int(base[1]), int(base[2])) == sys.version_info[:2], _instructions("FROM")
 
 
 def test_compose_mounts_credentials_read_only_and_reads_env_file():

@@ -217,3 +217,38 @@ def test_idle_keep_alive_connections_do_not_hold_up_a_shutdown(tmp_path):
             proc.kill()
     assert proc.returncode == 0
     assert elapsed < 15, f"shutdown waited {elapsed:.1f}s for idle keep-alive connections"
+
+
+def test_the_banner_is_printed_once_by_the_master_whatever_the_worker_count(tmp_path):
+    port = _free_port()
+    key = "sk-or-v1-" + "0123456789abcdef" * 4
+    env = _clean_env(CLAUDE_CODE_PROXY_API_KEY=key, USAGE_DB_PATH=str(tmp_path / "usage.sqlite3"))
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "0.0.0.0", "--port", str(port), "--workers", "2"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/")
+        time.sleep(1.0)  # both workers are up
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert output.count("listening on http://") == 1, output
+    assert output.count(f"ANTHROPIC_BASE_URL=http://localhost:{port}") == 1, output
+    assert output.count("WARNING: listening on 0.0.0.0") == 1, output
+    assert "2 workers" in output
+    assert key not in output and key[-6:] not in output
+    # the master imported nothing that holds the unpatched ssl, so the workers' TLS to the upstream is cooperative
+    assert "MonkeyPatchWarning" not in output, output
+
+
+def test_the_workers_upstream_tls_is_gevent_cooperative():
+    """What the master imports before forking must leave urllib3 on gevent's ssl once a worker patches."""
+    probe = ("import app.gunicorn_conf\n"
+             "from gevent import monkey; monkey.patch_all()\n"
+             "import ssl, urllib3.util.ssl_ as u\n"
+             "assert u.SSLContext is ssl.SSLContext, u.SSLContext\n")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], cwd=ROOT, env=_clean_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

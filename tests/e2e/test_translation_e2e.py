@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from urllib.parse import urlsplit
 
 import anthropic
 import pytest
@@ -457,7 +458,8 @@ ERROR_CASES = [
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["create", "stream"])
 @pytest.mark.parametrize("status, exc_class, error_type", ERROR_CASES, ids=[str(c[0]) for c in ERROR_CASES])
-def test_upstream_error_before_stream(client, fake, status, exc_class, error_type, streamed):
+def test_upstream_error_before_stream(client, fake, fake_upstream_server, status, exc_class, error_type, streamed):
+    proxy_upstream_url = fake_upstream_server.url
     message = "upstream says no (%d) for gpt-thing" % status
     fake.script("/chat/completions", [{"status": status, "headers": {"retry-after": "7"},
                                        "json": {"error": {"message": message, "type": "some_type", "code": None}}}])
@@ -473,6 +475,10 @@ def test_upstream_error_before_stream(client, fake, status, exc_class, error_typ
     expected = (error_type,) if isinstance(error_type, str) else error_type
     assert exc.body["error"]["type"] in expected
     assert message in exc.body["error"]["message"]
+    # the message says it was the upstream that answered so, and which one
+    assert exc.body["error"]["message"].startswith(f"upstream {urlsplit(proxy_upstream_url).netloc} ")
+    if status == 401:
+        assert " rejected the key (401): " in exc.body["error"]["message"]
     if status == 429:
         assert exc.response.headers.get("retry-after") == "7"
     assert len(fake.requests("/chat/completions")) == 1
@@ -499,6 +505,7 @@ def test_upstream_failure_mid_stream_ends_with_error_event(proxy, client, fake, 
     assert time.monotonic() - started < 20
     if fault == "error_object":
         assert "upstream exploded mid-way" in str(info.value)
+        assert "upstream 127.0.0.1:" in str(info.value)  # named: the upstream failed, not the proxy
     # on the wire: text already sent, then one error event, then the end
     resp = raw_post(proxy, {"model": MODEL, "max_tokens": 64, "stream": True, "messages": user("x")})
     assert resp.status_code == 200

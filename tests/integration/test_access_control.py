@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from app import create_app
-from config.settings import Settings
+from app.settings import Settings
 from tests.fakes.server import CountingListener, ProxyServer
 
 PROXY_KEY = "nexus-proxy-key-7f3a9c1e5b2d4f6a8c0e"
@@ -398,7 +400,7 @@ def test_world_readable_credential_file_gets_a_startup_warning(tmp_path, fake_up
 def test_a_mapped_domain_whose_file_cannot_be_read_fails_closed(tmp_path):
     """Its file may hold the client_api_key that protects it: unknown means refused, not open."""
     from app import create_app
-    from config.settings import Settings
+    from app.settings import Settings
 
     settings = Settings.from_env({
         "USAGE_DB_PATH": str(tmp_path / "u.sqlite3"), "TOKEN_REPORT_INTERVAL": "0",
@@ -471,3 +473,11 @@ def test_blank_keys_are_no_key_in_every_place(tmp_path, fake_upstream, headers):
     passthrough = make_client(tmp_path, PROXY_MODE="passthrough", CLAUDE_API_BASE_URL=fake_upstream.url)
     assert_error(passthrough.post("/v1/messages", json=MESSAGE, headers=headers), 401, "authentication_error")
     assert fake_upstream.requests() == []
+
+
+def test_the_readme_shows_the_real_no_key_health_answer(tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `GET /` (and `HEAD /`)"))
+    documented = re.search(r"get only `\{([^}]*)\}`", row).group(1)
+    body = make_client(tmp_path, PROXY_API_KEYS="readme-check-key-123456").get("/").get_json()
+    assert [k.strip('"') for k in documented.split(",")] == list(body)

@@ -15,7 +15,7 @@ from app.storage import open_storage
 from app.storage.base import StorageDataError, StorageError
 from app.storage.postgres import PostgresStorage
 from app.storage.sqlite import SqliteStorage
-from config.settings import Settings
+from app.settings import Settings
 
 SETTINGS = Settings.from_env({"TOKEN_REPORT_INTERVAL": "0", "USAGE_DB_PATH": ":memory:"})
 SECRET_URL = "postgresql://nexus:hunter2-db-password@db.internal:5432/usage"
@@ -352,7 +352,7 @@ def test_report_is_printed_by_the_leader_only_and_only_when_something_changed():
     assert printed[0] == "Token usage tracking started (reporting every 10s)"
     table = printed[-1].splitlines()
     assert table[0] == "" and table[2].startswith("Token Usage Report - ")
-    assert table[6].split() == ["claude-1.example.com", "1", "1", "0", "0", "5,234", "8,921", "14,155"]
+    assert table[6].split() == ["claude-1.example.com", "1", "1", "0", "0", "0", "5,234", "8,921", "14,155"]
     assert acc.report_once() is False  # unchanged: skipped
     acc.record(rec(2, domain="claude-1.example.com"))
     acc.flush()

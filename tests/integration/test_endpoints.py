@@ -5,7 +5,7 @@ import os
 import pytest
 
 from app import create_app
-from config.settings import Settings
+from app.settings import Settings
 
 SECRETS = {
     "CLAUDE_CODE_PROXY_API_KEY": "ghp_topsecretgithubtoken1234567890",

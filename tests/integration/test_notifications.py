@@ -20,7 +20,7 @@ from app.services.notifications import (
     slack_user_text,
     telemetry_event,
 )
-from config.settings import Settings
+from app.settings import Settings
 
 ENDPOINT = "http://telemetry.test/events"
 WEBHOOK = "https://hooks.slack.com/services/T0000/B0000/GLOBALSECRETPATH1"
@@ -202,7 +202,7 @@ _GEVENT_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from app.records import RequestRecord
     from app.services.notifications import Telemetry
-    from config.settings import Settings
+    from app.settings import Settings
 
     srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(512)
     tel = Telemetry(Settings.from_env({"TELEMETRY_ENDPOINT": f"http://127.0.0.1:{srv.getsockname()[1]}/e"}))

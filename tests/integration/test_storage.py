@@ -16,7 +16,7 @@ from app.storage import open_storage
 from app.storage.base import StorageError
 from app.storage.postgres import PostgresStorage
 from app.storage.sqlite import SqliteStorage
-from config.settings import Settings
+from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = time.time()

@@ -12,7 +12,7 @@ import pytest
 from app.errors import ProxyError
 from app.services import credentials as cmod
 from app.services.credentials import OAUTH_BETA, Credential, CredentialManager, host_without_port, merge_beta
-from config.settings import Settings
+from app.settings import Settings
 
 TEAM1_KEY = "sk-ant-api03-team1-" + "Q7w" * 20 + "zT1x"
 TEAM2_KEY = "sk-ant-api03-team2-" + "Rk4" * 20 + "yU2w"

@@ -21,7 +21,7 @@ import responses
 from app.errors import ProxyError
 from app.services import credentials as cmod
 from app.services.credentials import CredentialManager
-from config.settings import Settings
+from app.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN_URL = "https://console.example.test/v1/oauth/token"
@@ -384,7 +384,7 @@ gevent.monkey.patch_all()
 import dataclasses, json, sys
 sys.path.insert(0, sys.argv[3])
 import gevent
-from config.settings import Settings
+from app.settings import Settings
 from app.services.credentials import CredentialManager
 
 settings = dataclasses.replace(Settings.from_env({}), domain_credential_mapping={"team.example.com": sys.argv[1]},

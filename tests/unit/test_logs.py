@@ -6,7 +6,7 @@ import pytest
 
 from app import logs
 from app.masking import clear_registered_secrets, register_secret
-from config.settings import Settings
+from app.settings import Settings
 
 API_KEY = "sk-ant-api03-" + "Zq8xR2vL9mN4pK7wT1yB6cH3jF5dG0sA" * 3 + "-QwErTy12AA"
 OAUTH = "sk-ant-oat01-" + "Pp9Oo8Ii7Uu6Yy5Tt4Rr3Ee2Ww1Qq0" * 3 + "ZZ"

@@ -18,7 +18,7 @@ import responses
 
 from app import oauth_login
 from app.oauth_login import LoginError, apikey_path, authorize_url, main, parse_pasted, pkce_pair
-from config.settings import Settings
+from app.settings import Settings
 
 TOKEN_URL = "https://console.example.test/v1/oauth/token"
 CREATE_URL = "https://api.anthropic.com/api/oauth/claude_cli/create_api_key"

@@ -7,19 +7,20 @@ import pytest
 
 from app.services.report import format_local_time, format_report, format_started, format_uptime
 
-# The example from the product's README ("Console Output Example"), from the report's first rule.
+# The example from the product's README ("Console Output Example"), from the report's first rule, with the
+# Errors column (failed requests) added after Tools.
 PRODUCT_EXAMPLE = """\
-==========================================================================================
+=================================================================================================
 Token Usage Report - 1/13/2025, 3:45:23 PM (Uptime: 2m 15s)
-==========================================================================================
-Domain                    Reqs  Query  Infer  Tools   Input Tok   Output Tok    Total Tok
-------------------------------------------------------------------------------------------
-claude-1.example.com        12      8      4      3       5,234        8,921       14,155
-claude-2.example.com         8      5      3      0       3,456        6,789       10,245
-localhost                    3      2      1      2         892        1,234        2,126
-------------------------------------------------------------------------------------------
-TOTAL                       23     15      8      5       9,582       16,944       26,526
-=========================================================================================="""
+=================================================================================================
+Domain                    Reqs  Query  Infer  Tools Errors   Input Tok   Output Tok    Total Tok
+-------------------------------------------------------------------------------------------------
+claude-1.example.com        12      8      4      3      2       5,234        8,921       14,155
+claude-2.example.com         8      5      3      0      0       3,456        6,789       10,245
+localhost                    3      2      1      2      0         892        1,234        2,126
+-------------------------------------------------------------------------------------------------
+TOTAL                       23     15      8      5      2       9,582       16,944       26,526
+================================================================================================="""
 
 PRODUCT_STATS = {
     "localhost": {"inputTokens": 892, "outputTokens": 1234, "requestCount": 3, "queryEvaluationCount": 2,
@@ -29,7 +30,7 @@ PRODUCT_STATS = {
                              "lastUpdated": 1705157120789},
     "claude-1.example.com": {"inputTokens": 5234, "outputTokens": 8921, "requestCount": 12,
                              "queryEvaluationCount": 8, "inferenceCount": 4, "toolCallCount": 3,
-                             "lastUpdated": 1705157123456},
+                             "errorCount": 2, "lastUpdated": 1705157123456},
 }
 
 
@@ -38,13 +39,13 @@ def test_matches_the_product_example_line_for_line():
     assert text.splitlines() == PRODUCT_EXAMPLE.splitlines()
 
 
-def test_rules_are_90_wide_and_columns_line_up():
+def test_rules_are_97_wide_and_columns_line_up():
     lines = format_report(PRODUCT_STATS, now=datetime(2025, 1, 13, 15, 45, 23), uptime_seconds=1).splitlines()
-    assert {len(line) for line in lines if set(line) in ({"="}, {"-"})} == {90}
+    assert {len(line) for line in lines if set(line) in ({"="}, {"-"})} == {97}
     header = lines[3]
     for row in lines[5:8] + [lines[-2]]:
         # Every right-aligned column ends where its header ends.
-        for title in ("Reqs", "Query", "Infer", "Tools", "Input Tok", "Output Tok", "Total Tok"):
+        for title in ("Reqs", "Query", "Infer", "Tools", "Errors", "Input Tok", "Output Tok", "Total Tok"):
             end = header.index(title) + len(title)
             assert row[end - 1] != " " and (end == len(row) or row[end] == " ")
 
@@ -52,13 +53,13 @@ def test_rules_are_90_wide_and_columns_line_up():
 def test_empty_stats_give_a_zero_total():
     lines = format_report({}, now=datetime(2025, 1, 1, 0, 0, 0), uptime_seconds=0).splitlines()
     assert lines[1] == "Token Usage Report - 1/1/2025, 12:00:00 AM (Uptime: 0s)"
-    assert lines[-2].split() == ["TOTAL", "0", "0", "0", "0", "0", "0", "0"]
+    assert lines[-2].split() == ["TOTAL", "0", "0", "0", "0", "0", "0", "0", "0"]
 
 
 def test_big_numbers_get_thousands_separators_and_missing_keys_count_as_zero():
     stats = {"team.example.com": {"inputTokens": 123456789, "outputTokens": 1000000, "requestCount": 4321}}
     row = format_report(stats, now=datetime(2025, 6, 1, 12, 0, 0), uptime_seconds=5).splitlines()[5]
-    assert row.split() == ["team.example.com", "4321", "0", "0", "0", "123,456,789", "1,000,000", "124,456,789"]
+    assert row.split() == ["team.example.com", "4321", "0", "0", "0", "0", "123,456,789", "1,000,000", "124,456,789"]
 
 
 def test_long_domain_is_shown_in_full_and_stays_separated():

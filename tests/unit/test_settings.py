@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from config.settings import DEFAULT_MODEL, DEFAULT_UPSTREAM, Settings, SettingsError, load_env_files
+from app.settings import DEFAULT_MODEL, DEFAULT_UPSTREAM, Settings, SettingsError, load_env_files
 
 
 def test_defaults_match_the_product():

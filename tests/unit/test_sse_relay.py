@@ -33,8 +33,10 @@ def test_an_unterminated_event_stays_pending():
     (ConnectionResetError(), "api_error"),
 ])
 def test_mid_stream_failures_map_to_anthropic_types(exc, error_type):
-    assert stream_failure(exc)[0] == error_type
-    assert stream_failure(exc, shutting_down=True) == (
+    error, message = stream_failure(exc, False, "llm.example.com")
+    assert error == error_type
+    assert message.startswith("upstream llm.example.com ")  # the upstream failed, not the proxy
+    assert stream_failure(exc, True, "llm.example.com") == (
         "overloaded_error", "The proxy is shutting down; please retry the request")
 
 

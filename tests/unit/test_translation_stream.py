@@ -357,13 +357,14 @@ def test_finish_closes_an_open_block():
     ],
 )
 def test_error_chunk_becomes_error_event_and_ends_the_stream(error, expected_type):
-    tr = StreamTranslator(model="m")
+    tr = StreamTranslator(model="m", upstream_host="openrouter.ai")
     tr.start()
     tr.feed(delta(content="partial"))
     raw = tr.feed({"error": error})
     ((event, data),) = parse(raw)
     assert event == "error" and data["error"]["type"] == expected_type
-    assert data["error"]["message"] == (error["message"] if isinstance(error, dict) else error)
+    words = error["message"] if isinstance(error, dict) else error
+    assert data["error"]["message"] == f"upstream openrouter.ai reported an error mid-stream: {words}"
     assert tr.failed and tr.error_type == expected_type and tr.error_message == data["error"]["message"]
     assert tr.feed(delta(content="more")) == b"" and tr.finish() == b""
 

@@ -177,7 +177,7 @@ class Settings:
     retry_max_wait: float = 20.0
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
-    client_setup_dir: str = "client-setup"
+    client_setup_dir: str | None = None  # unset: the client-setup/ folder shipped with the proxy
     # Bounded work and storage: one SSE event's size, the unmapped hosts accounting tracks
     max_sse_event_mb: float = 16.0
     usage_max_unmapped_hosts: int = 100
