@@ -75,8 +75,8 @@ def test_usage_from_message_counts_tokens_tools_and_text():
     u = usage_from_message(msg)
     assert u == {
         "input_tokens": 1200, "output_tokens": 85, "cache_creation_input_tokens": 300,
-        "cache_read_input_tokens": 9000, "tool_calls": 2, "tool_names": ["Read", "Grep"],
-        "text": "Let me read that file.",
+        "cache_read_input_tokens": 9000, "cache_creation_5m_input_tokens": 0, "cache_creation_1h_input_tokens": 0,
+        "tool_calls": 2, "tool_names": ["Read", "Grep"], "text": "Let me read that file.",
     }
 
 
@@ -144,7 +144,7 @@ def test_stream_usage_from_a_real_tool_use_stream():
     assert u.error_type is None
     d = u.as_dict()
     assert set(d) == {"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                      "tool_calls", "tool_names", "text", "error_type", "error_message"}
+                      "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens", "tool_calls", "tool_names", "text", "error_type", "error_message"}
 
 
 def test_stream_error_event_keeps_the_tokens_seen_so_far():
