@@ -107,4 +107,4 @@ def test_cost_column_once_the_store_knows_prices_and_unpriced_requests_are_marke
     assert lines[9].startswith("TOTAL") and lines[9].endswith(" $1,234.51*")
     assert lines[-1] == ("* 3 request(s) used a model without a price and are not in the cost "
                          "(MODEL_PRICES adds prices)")
-    assert {len(line) for line in lines if set(line) in ({"="}, {"-"})} == {len(header)}
+    assert {len(line) for line in lines if set(line) in ({"="}, {"-"})} == {len(header) + 1}  # as the product
