@@ -132,13 +132,13 @@ def test_cost_is_fixed_when_recorded_and_a_later_price_change_does_not_rewrite_i
 
     old = Recorder(Acc(), Quiet(), Quiet(), Quiet(), PriceTable({}))
     r = rec(1, input_tokens=1_000_000)
-    old.finish(r, time.perf_counter())
+    old.finish(r)
     assert r.cost_usd == pytest.approx(3.0)
     from app.pricing import parse_model_prices
 
     new = Recorder(Acc(), Quiet(), Quiet(), Quiet(),
                    PriceTable(parse_model_prices('{"claude-sonnet-4*": {"input": 1, "output": 1}}')))
-    new.finish(rec(2, input_tokens=1_000_000), time.perf_counter())
+    new.finish(rec(2, input_tokens=1_000_000))
     stats = store.domain_stats()
     assert stats["a.example"]["costUsd"] == pytest.approx(3.0) and stats["b.example"]["costUsd"] == pytest.approx(1.0)
     rows = {row["request_id"]: row["cost_usd"] for row in store.request_page(limit=10)}
