@@ -48,7 +48,18 @@ class Services:
         self.access = AccessControl(settings, self.credentials)
         self.domains = DomainNames(self.credentials, self.storage, settings.usage_max_unmapped_hosts)
         self.upstream = UpstreamClient(settings)
-        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials)
+        from .pricing import PriceTable
+
+        self.prices = PriceTable(settings.model_prices)
+        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.prices)
+        # the dashboard: its own key (DASHBOARD_API_KEY, or one the server made), its reads
+        from .services.dashboard import DashboardService
+        from .services.dashboard_auth import DashboardAuth, dashboard_key
+
+        dashboard_secret, _ = dashboard_key(settings)
+        register_secret(dashboard_secret)
+        self.dashboard_auth = DashboardAuth(dashboard_secret)
+        self.dashboard = DashboardService(self.storage, self.accounting, self.credentials, settings)
         self.translator = Translator(settings, self.upstream, self.recorder)
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
@@ -79,7 +90,7 @@ class Services:
 
 def create_app(settings: Settings | None = None, *, start_background: bool = True) -> Flask:
     """Build the app: settings validated once, services built once, blueprints registered."""
-    from .blueprints import health, messages, setup_files, stats
+    from .blueprints import dashboard, health, messages, setup_files, stats
     from .handlers import register_error_handlers
     from .logs import configure_logging
 
@@ -93,7 +104,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     app.json.ensure_ascii = False
     services = Services(settings)
     app.extensions["nexus"] = services
-    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp):
+    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     if not settings.translation:
         app.register_blueprint(messages.other_bp)

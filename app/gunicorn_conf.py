@@ -28,6 +28,12 @@ except SettingsError as _exc:
     print(str(_exc), file=sys.stderr)
     sys.exit(2)
 
+# The dashboard's key: without DASHBOARD_API_KEY the master makes one now, before forking, so every worker
+# shares it; its login URL is printed once, in the banner.
+from .services.dashboard_auth import dashboard_banner_lines, dashboard_key  # noqa: E402
+
+dashboard_key(_settings)
+
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers
 worker_class = ProxyWorker  # gevent, plus closing idle keep-alive connections on stop
@@ -49,7 +55,7 @@ gunicorn.arbiter.Arbiter.handle_int = gunicorn.arbiter.Arbiter.handle_term
 
 def when_ready(server):
     # The master runs this once, after binding: the banner is printed once however many workers start.
-    print("\n".join(banner_lines(_settings, workers=workers)), flush=True)
+    print("\n".join(banner_lines(_settings, workers=workers) + dashboard_banner_lines(_settings)), flush=True)
 
 
 def post_worker_init(worker):

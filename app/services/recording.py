@@ -5,6 +5,7 @@ import logging
 import time
 
 from ..logs import log_access_record
+from ..pricing import PriceTable, record_cost
 from ..records import RequestRecord
 from ..usage import TEXT_CAP
 
@@ -12,15 +13,18 @@ log = logging.getLogger("nexus")
 
 
 class Recorder:
-    def __init__(self, accounting, telemetry, slack, credentials) -> None:
+    def __init__(self, accounting, telemetry, slack, credentials, prices: PriceTable | None = None) -> None:
         self.accounting = accounting
         self.telemetry = telemetry
         self.slack = slack
         self.credentials = credentials
+        self.prices = prices if prices is not None else PriceTable()
 
     def finish(self, rec: RequestRecord) -> None:
         rec.duration_ms = round((time.perf_counter() - rec.started) * 1000, 3)
         try:
+            # Priced once, here: the row and the counters keep this figure whatever the prices become.
+            rec.cost_usd = record_cost(self.prices, rec)
             self.accounting.record(rec)
             self.telemetry.submit(rec)
             self.slack.submit(rec, self.credentials.slack_override_for(rec.domain))
