@@ -44,9 +44,13 @@ class Services:
         self.slack = Slack(settings)
         store = self.storage if getattr(self.storage, "supports_credentials", False) else None
         self.credentials = CredentialManager(settings, store=store)
-        self.access = AccessControl(settings, self.credentials)
+        # Client keys with limits (app/keys): the store's keys table and the shared rate-limit state
+        from app.keys.service import ClientKeys
+
+        self.client_keys = ClientKeys(settings, self.storage)
+        self.access = AccessControl(settings, self.credentials, self.client_keys)
         self.upstream = UpstreamClient(settings)
-        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials)
+        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.client_keys)
         self.translator = Translator(settings, self.upstream, self.recorder)
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
@@ -59,12 +63,14 @@ class Services:
         if self.settings.proxy_mode == "passthrough" or self.settings.domain_credential_mapping:
             self.credentials.validate_all()
         self.accounting.start()
+        self.client_keys.start()
         self.telemetry.start()
         self.slack.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush usage and notifications (graceful shutdown). Safe to call more than once."""
         self._running = False
+        self.client_keys.stop()
         for part in (self.accounting, self.telemetry, self.slack):
             try:
                 if part is self.accounting:

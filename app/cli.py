@@ -15,6 +15,8 @@ commands:
   (none) | serve            run the proxy (gunicorn with gevent workers, config/gunicorn.conf.py)
   oauth-login FILE [--create-api-key]
                             log in to Claude with OAuth and write a credential file
+  keys create|list|show|update|revoke ...
+                            manage client keys with limits and budgets (see keys --help)
 
 A .env file in the working directory is loaded automatically; real environment variables win.
 Examples:
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "keys":
+        from app.keys.cli import main as keys_main
+
+        return keys_main(argv[1:])
     if argv and argv[0] == "oauth-login":
         from app.oauth_login import main as oauth_main
         from config.settings import SettingsError, load_env_files

@@ -31,6 +31,12 @@ class RequestRecord:
     user_text: str | None = None
     assistant_text: str | None = None
     tool_names: list[str] = field(default_factory=list)
+    # The client key (app/keys) the request came with: its id and labels, never the key itself.
+    key_id: str | None = None
+    key_name: str | None = None
+    key_team: str | None = None
+    # What the key's limiter holds for this request (a concurrency slot), released once when it is finished.
+    admission: object = field(default=None, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:

@@ -130,6 +130,15 @@ class SettingsSchema(Schema):
     max_body_mb = fields.Float(data_key="MAX_REQUEST_BODY_MB", validate=validate.Range(min=0.001, error="must be a positive number"),
                                error_messages={"invalid": "must be a number"})
     client_setup_dir = fields.String(data_key="CLIENT_SETUP_DIR", validate=validate.Length(min=1))
+    # Client keys with limits: shared rate-limit state (Redis across hosts, a local file on one host)
+    redis_url = fields.String(data_key="REDIS_URL", validate=validate.Regexp(
+        r"^(redis|rediss|unix)://", error="must be a redis://, rediss:// or unix:// URL"))
+    redis_key_prefix = fields.String(data_key="REDIS_KEY_PREFIX", validate=validate.Length(min=1))
+    rate_limit_fail = fields.String(data_key="RATE_LIMIT_FAIL", validate=validate.OneOf(
+        ["open", "closed"], error="must be 'open' or 'closed'"))
+    rate_limit_state_path = fields.String(data_key="RATE_LIMIT_STATE_PATH", validate=validate.Length(min=1))
+    keys_refresh_interval = fields.Float(data_key="KEYS_REFRESH_INTERVAL", validate=validate.Range(
+        min=0.1, max=5, error="must be between 0.1 and 5 seconds"), error_messages={"invalid": "must be a number"})
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,12 @@ class Settings:
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
     client_setup_dir: str = "client-setup"
+    # Client keys with limits
+    redis_url: str | None = field(default=None, repr=False)
+    redis_key_prefix: str = "nexus:"
+    rate_limit_fail: str = "open"
+    rate_limit_state_path: str | None = None  # default: limits.sqlite3 beside USAGE_DB_PATH
+    keys_refresh_interval: float = 2.0
 
     @property
     def max_body_bytes(self) -> int:

@@ -45,7 +45,11 @@ def _handle(kind: str) -> Response:
         mode=settings.proxy_mode, method=request.method, path=request.path,
     )
     try:
-        client_key = services.access.check(host, headers)
+        client_key, client = services.access.identify(host, headers)
+        admitter = None
+        if client is not None:
+            rec.key_id, rec.key_name, rec.key_team = client.id, client.name, client.team
+            admitter = lambda model: services.client_keys.admit(client, rec, model)  # noqa: E731
         limit = settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise body_too_large(limit)
@@ -55,7 +59,7 @@ def _handle(kind: str) -> Response:
             raise body_too_large(limit)
         logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
         inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
-                       rec, client_key)
+                       rec, client_key, admitter)
         if settings.translation:
             if kind == "messages":
                 reply = services.translator.messages(inc, started)

@@ -11,14 +11,20 @@ log = logging.getLogger("nexus")
 
 
 class Recorder:
-    def __init__(self, accounting, telemetry, slack, credentials) -> None:
+    def __init__(self, accounting, telemetry, slack, credentials, client_keys=None) -> None:
         self.accounting = accounting
         self.telemetry = telemetry
         self.slack = slack
         self.credentials = credentials
+        self.client_keys = client_keys
 
     def finish(self, rec: RequestRecord, started: float) -> None:
         rec.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if rec.admission is not None and self.client_keys is not None:
+            try:  # the end of the request frees its concurrency slot and counts its tokens
+                self.client_keys.finish(rec)
+            except Exception:
+                log.exception("releasing the key limits of %s failed", rec.request_id)
         try:
             self.accounting.record(rec)
             self.telemetry.submit(rec)

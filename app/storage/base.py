@@ -8,7 +8,7 @@ from typing import Any, ContextManager, Sequence
 
 from app.records import RequestRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def apply_migrations(execute, migrations: Sequence[Sequence[str]], placeholder: str) -> None:
@@ -101,6 +101,18 @@ class Storage(abc.ABC):
     def close(self) -> None:
         """Release connections and locks."""
 
+    # --- plain statements, for the client-key store (app/keys/store.py) ----------------------
+
+    placeholder: str = "?"
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Rows of one read; raises StorageError."""
+        raise NotImplementedError
+
+    def execute(self, sql: str, params: Sequence = ()) -> int:
+        """One write statement in its own transaction; the number of rows it changed. Raises StorageError."""
+        raise NotImplementedError
+
     def row_count(self) -> int:  # pragma: no cover - overridden
         """Rows currently in the per-request log (tests and GET / diagnostics)."""
         raise NotImplementedError
@@ -112,6 +124,7 @@ REQUEST_COLUMNS = (
     "ts", "request_id", "domain", "mode", "method", "path", "model_requested", "model_used",
     "request_type", "stream", "input_tokens", "output_tokens", "cache_creation_input_tokens",
     "cache_read_input_tokens", "tool_calls", "status", "duration_ms", "error_type",
+    "key_id",
 )
 
 # Counter columns in the order of the tuple `aggregate` produces.
@@ -163,6 +176,7 @@ def request_row(rec: RequestRecord) -> tuple:
         bool(rec.stream), _count(rec.input_tokens), _count(rec.output_tokens),
         _count(rec.cache_creation_input_tokens), _count(rec.cache_read_input_tokens), _count(rec.tool_calls),
         _status(rec.status), _number(rec.duration_ms), _text(rec.error_type),
+        _text(rec.key_id),
     )
 
 
@@ -176,7 +190,7 @@ def aggregate(rows: Sequence[tuple]) -> tuple[dict[str, list], dict[tuple[str, s
     by_domain: dict[str, list] = {}
     by_model: dict[tuple[str, str], list] = {}
     for (ts, _rid, domain, _mode, _method, _path, asked, used, rtype, _stream, inp, out, cc, cr, tools,
-         status, duration, error) in rows:
+         status, duration, error, *_rest) in rows:
         inference = rtype == "inference"
         delta = (inp, out, cc, cr, 1, 0 if inference else 1, 1 if inference else 0, tools,
                  1 if error is not None or status >= 400 else 0)
