@@ -50,7 +50,19 @@ class Services:
         self.client_keys = ClientKeys(settings, self.storage)
         self.access = AccessControl(settings, self.credentials, self.client_keys)
         self.upstream = UpstreamClient(settings)
-        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.client_keys)
+        from app.pricing import PriceTable
+
+        self.prices = PriceTable(settings.model_prices)
+        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.prices,
+                                 self.client_keys)
+        # the dashboard: its own key (DASHBOARD_API_KEY, or one the server made), its reads
+        from app.services.dashboard import DashboardService
+        from app.services.dashboard_auth import DashboardAuth, dashboard_key
+
+        dashboard_secret, _ = dashboard_key(settings)
+        register_secret(dashboard_secret)
+        self.dashboard_auth = DashboardAuth(dashboard_secret)
+        self.dashboard = DashboardService(self.storage, self.accounting, self.credentials, settings)
         self.translator = Translator(settings, self.upstream, self.recorder)
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
@@ -83,7 +95,7 @@ class Services:
 
 def create_app(settings: Settings | None = None, *, start_background: bool = True) -> Flask:
     """Build the app: settings validated once, services built once, blueprints registered."""
-    from app.blueprints import health, messages, setup_files, stats
+    from app.blueprints import dashboard, health, messages, setup_files, stats
     from app.handlers import register_error_handlers
     from app.logs import configure_logging
 
@@ -95,7 +107,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     app.json.ensure_ascii = False
     services = Services(settings)
     app.extensions["nexus"] = services
-    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp):
+    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     if not settings.translation:
         app.register_blueprint(messages.other_bp)

@@ -11,6 +11,9 @@ from typing import Any
 TEXT_CAP = 4000
 
 _TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+# Anthropic's `usage.cache_creation` object: cache writes by TTL (priced differently) -> our names.
+_CACHE_SPLIT_KEYS = (("ephemeral_5m_input_tokens", "cache_creation_5m_input_tokens"),
+                     ("ephemeral_1h_input_tokens", "cache_creation_1h_input_tokens"))
 
 
 def count_system_messages(body: dict) -> int:
@@ -51,6 +54,10 @@ def usage_from_message(msg: dict) -> dict:
     usage = msg.get("usage") if isinstance(msg, dict) else None
     usage = usage if isinstance(usage, dict) else {}
     out: dict[str, Any] = {k: _int(usage.get(k)) for k in _TOKEN_KEYS}
+    split = usage.get("cache_creation")
+    split = split if isinstance(split, dict) else {}
+    for theirs, ours in _CACHE_SPLIT_KEYS:
+        out[ours] = _int(split.get(theirs))
     names: list[str] = []
     parts: list[str] = []
     size = 0
@@ -84,7 +91,7 @@ class StreamUsage:
 
     __slots__ = (
         "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-        "tool_calls", "tool_names", "error_type", "error_message", "model", "stop_reason",
+        "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens", "tool_calls", "tool_names", "error_type", "error_message", "model", "stop_reason",
         "_parts", "_size", "_collect_text",
     )
 
@@ -93,6 +100,8 @@ class StreamUsage:
         self.output_tokens = 0
         self.cache_creation_input_tokens = 0
         self.cache_read_input_tokens = 0
+        self.cache_creation_5m_input_tokens = 0
+        self.cache_creation_1h_input_tokens = 0
         self.tool_calls = 0
         self.tool_names: list[str] = []
         self.error_type: str | None = None
@@ -182,6 +191,12 @@ class StreamUsage:
             value = _int(usage.get(key))
             if value > getattr(self, key):
                 setattr(self, key, value)
+        split = usage.get("cache_creation")
+        if isinstance(split, dict):
+            for theirs, ours in _CACHE_SPLIT_KEYS:
+                value = _int(split.get(theirs))
+                if value > getattr(self, ours):
+                    setattr(self, ours, value)
 
     def as_dict(self) -> dict:
         """The same keys as `usage_from_message`, plus error_type/error_message."""
@@ -190,6 +205,8 @@ class StreamUsage:
             "output_tokens": self.output_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_5m_input_tokens": self.cache_creation_5m_input_tokens,
+            "cache_creation_1h_input_tokens": self.cache_creation_1h_input_tokens,
             "tool_calls": self.tool_calls,
             "tool_names": list(self.tool_names),
             "text": self.text,

@@ -79,6 +79,19 @@ def _non_negative_float(**kw) -> fields.Float:
                         error_messages={"invalid": "must be a number"}, **kw)
 
 
+# --- cost and dashboard: prices per model, the dashboard's access key
+class _ModelPrices(fields.Field):
+    """MODEL_PRICES: inline JSON or a JSON file of model glob -> dollars per million tokens."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
+        from app.pricing import PriceTableError, parse_model_prices
+
+        try:
+            return parse_model_prices(value)
+        except PriceTableError as exc:
+            raise ValidationError(str(exc)) from None
+
+
 class SettingsSchema(Schema):
     """Environment variable names (data_key) -> Settings attributes."""
 
@@ -130,6 +143,10 @@ class SettingsSchema(Schema):
     max_body_mb = fields.Float(data_key="MAX_REQUEST_BODY_MB", validate=validate.Range(min=0.001, error="must be a positive number"),
                                error_messages={"invalid": "must be a number"})
     client_setup_dir = fields.String(data_key="CLIENT_SETUP_DIR", validate=validate.Length(min=1))
+    # cost and dashboard
+    model_prices = _ModelPrices(data_key="MODEL_PRICES")
+    dashboard_api_key = fields.String(data_key="DASHBOARD_API_KEY", validate=validate.Length(
+        min=16, error="must be at least 16 characters"))
     # Client keys with limits: shared rate-limit state (Redis across hosts, a local file on one host)
     redis_url = fields.String(data_key="REDIS_URL", validate=validate.Regexp(
         r"^(redis|rediss|unix)://", error="must be a redis://, rediss:// or unix:// URL"))
@@ -182,6 +199,9 @@ class Settings:
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
     client_setup_dir: str = "client-setup"
+    # cost and dashboard
+    model_prices: dict = field(default_factory=dict)
+    dashboard_api_key: str | None = field(default=None, repr=False)
     # Client keys with limits
     redis_url: str | None = field(default=None, repr=False)
     redis_key_prefix: str = "nexus:"

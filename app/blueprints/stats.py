@@ -14,7 +14,9 @@ bp = Blueprint("stats", __name__)
 @bp.get("/token-stats")
 def token_stats():
     services = current_app.extensions["nexus"]
-    services.access.require_admin(request.host, request.headers)
+    dashboard_auth = getattr(services, "dashboard_auth", None)
+    if dashboard_auth is None or not dashboard_auth.has_session(request):  # an operator logged in to the dashboard
+        services.access.require_admin(request.host, request.headers)
     since = _time_arg("since")
     until = _time_arg("until")
     accounting = services.accounting
@@ -28,6 +30,7 @@ def token_stats():
     if since is not None or until is not None:
         body["range"] = {"since": _iso_or_none(since), "until": _iso_or_none(until)}
     body["models"] = models
+    body["totals"] = _totals(stats)
     group_by = request.args.get("group_by")
     if group_by not in (None, "", "domain", "key"):
         raise invalid_request("group_by: must be 'domain' or 'key'")
@@ -37,6 +40,15 @@ def token_stats():
         except StorageError as exc:
             raise ProxyError(503, f"The usage store is unavailable ({exc})", "api_error") from None
     return jsonify(body)
+
+
+def _totals(stats: dict) -> dict:
+    """Sums over the domains: requests, errors, tokens, `costUsd` and `unpricedRequests`."""
+    keys = ("requestCount", "errorCount", "inputTokens", "outputTokens", "cacheCreationInputTokens",
+            "cacheReadInputTokens", "unpricedRequests")
+    totals = {k: sum(int(s.get(k) or 0) for s in stats.values()) for k in keys}
+    totals["costUsd"] = round(sum(float(s.get("costUsd") or 0.0) for s in stats.values()), 6)
+    return totals
 
 
 def _time_arg(name: str) -> float | None:

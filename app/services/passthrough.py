@@ -250,6 +250,8 @@ def _apply_usage(rec, usage) -> None:
     rec.output_tokens = get("output_tokens", 0) or 0
     rec.cache_creation_input_tokens = get("cache_creation_input_tokens", 0) or 0
     rec.cache_read_input_tokens = get("cache_read_input_tokens", 0) or 0
+    rec.cache_creation_5m_input_tokens = get("cache_creation_5m_input_tokens", 0) or 0
+    rec.cache_creation_1h_input_tokens = get("cache_creation_1h_input_tokens", 0) or 0
     rec.tool_calls = get("tool_calls", 0) or 0
     rec.tool_names = list(get("tool_names", None) or [])
     rec.assistant_text = get("text", None)

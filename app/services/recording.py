@@ -5,23 +5,31 @@ import logging
 import time
 
 from app.logs import log_access_record
+from app.pricing import PriceTable, record_cost
 from app.records import RequestRecord
 
 log = logging.getLogger("nexus")
 
 
 class Recorder:
-    def __init__(self, accounting, telemetry, slack, credentials, client_keys=None) -> None:
+    def __init__(self, accounting, telemetry, slack, credentials, prices: PriceTable | None = None,
+                 client_keys=None) -> None:
         self.accounting = accounting
         self.telemetry = telemetry
         self.slack = slack
         self.credentials = credentials
+        self.prices = prices if prices is not None else PriceTable()
         self.client_keys = client_keys
 
     def finish(self, rec: RequestRecord, started: float) -> None:
         rec.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        try:
+            # Priced once, here: the row and the counters keep this figure whatever the prices become.
+            rec.cost_usd = record_cost(self.prices, rec)
+        except Exception:
+            log.exception("pricing request %s failed", rec.request_id)
         if rec.admission is not None and self.client_keys is not None:
-            try:  # the end of the request frees its concurrency slot and counts its tokens
+            try:  # the end of the request frees its concurrency slot, counts its tokens and its cost
                 self.client_keys.finish(rec)
             except Exception:
                 log.exception("releasing the key limits of %s failed", rec.request_id)

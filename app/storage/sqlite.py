@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -11,7 +12,7 @@ from typing import Sequence
 
 from app.records import RequestRecord
 from app.storage.base import (
-    COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
+    ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
     apply_migrations, model_dict, request_row, stats_query,
 )
 
@@ -38,6 +39,22 @@ MIGRATIONS: list[list[str]] = [
         " status INTEGER NOT NULL DEFAULT 0, duration_ms REAL NOT NULL DEFAULT 0, error_type TEXT)",
         "CREATE INDEX nexus_requests_ts ON nexus_requests (ts)",
     ],
+    [  # cost per request and in the counters; indexes for the dashboard's filters (ts index holds the rowid)
+        "ALTER TABLE nexus_requests ADD COLUMN cache_creation_5m_input_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_requests ADD COLUMN cache_creation_1h_input_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_requests ADD COLUMN cost_usd REAL",
+        "ALTER TABLE nexus_domain_usage ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_domain_usage ADD COLUMN unpriced_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_model_usage ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_model_usage ADD COLUMN unpriced_count INTEGER NOT NULL DEFAULT 0",
+        # Requests counted before prices existed were never priced: say so rather than show $0.
+        "UPDATE nexus_domain_usage SET unpriced_count = request_count",
+        "UPDATE nexus_model_usage SET unpriced_count = request_count",
+        "CREATE INDEX nexus_requests_domain_ts ON nexus_requests (domain, ts)",
+        "CREATE INDEX nexus_requests_model_ts ON nexus_requests (model_used, ts)",
+        "CREATE INDEX nexus_requests_error_ts ON nexus_requests (error_type, ts)",
+        "CREATE INDEX nexus_requests_status_ts ON nexus_requests (status, ts)",
+    ],
     # client keys (hashes only) and the key id on each request row
     [
         "CREATE TABLE nexus_keys (id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, last4 TEXT NOT NULL,"
@@ -52,9 +69,9 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def _upsert_sql(table: str, key_cols: str) -> str:
-    cols = ", ".join(COUNTER_COLUMNS)
-    marks = ", ".join("?" for _ in COUNTER_COLUMNS)
-    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTER_COLUMNS[:-1])
+    cols = ", ".join(ALL_COUNTER_COLUMNS)
+    marks = ", ".join("?" for _ in ALL_COUNTER_COLUMNS)
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in ALL_COUNTER_COLUMNS if c != "last_updated")
     nkeys = key_cols.count(",") + 1
     return (f"INSERT INTO {table} ({key_cols}, {cols}) VALUES ({', '.join('?' * nkeys)}, {marks})"
             f" ON CONFLICT ({key_cols}) DO UPDATE SET {sets},"
@@ -184,6 +201,28 @@ class SqliteStorage(Storage):
             except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"SQLite read failed: {exc}") from exc
 
+    def _query_dicts(self, sql: str, params: Sequence = ()) -> tuple[list[str], list[dict]]:
+        with self._lock:
+            try:
+                cur = self._ready().execute(sql, params)
+                columns = [d[0] for d in cur.description]
+                return columns, [dict(zip(columns, row)) for row in cur.fetchall()]
+            except (sqlite3.Error, OSError) as exc:
+                raise StorageError(f"SQLite read failed: {exc}") from exc
+
+    def bucket_sql(self) -> str:
+        # ts >= origin in every query that buckets, so truncation is floor
+        return "CAST((ts - ?) / ? AS INTEGER)"
+
+    def duration_percentiles(self, since: float, until: float,
+                             quantiles: Sequence[float] = (0.5, 0.95)) -> list[float | None]:
+        # SQLite has no percentile function: read the sorted durations through the ts index once.
+        rows = self._query("SELECT duration_ms FROM nexus_requests WHERE ts >= ? AND ts < ?", (since, until))
+        if not rows:
+            return [None for _ in quantiles]
+        values = sorted(r[0] for r in rows)
+        n = len(values)
+        return [float(values[min(n - 1, max(0, math.ceil(q * n - 1e-9) - 1))]) for q in quantiles]
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         return self._query(sql, params)
 
