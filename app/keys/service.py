@@ -143,6 +143,7 @@ class ClientKeys:
                              "permission_error")
         if key.budget_usd is not None and key.budget_period:
             self._check_budget(key)
+            rec.admission = Admission(key, None)  # its cost is added to the cached spend when it ends
         if not key.limited:
             return
         lim = Limits.of(key)

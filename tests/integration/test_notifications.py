@@ -78,6 +78,8 @@ def test_telemetry_event_has_exactly_the_product_fields():
         "mode": "passthrough",
         "toolCallCount": 2,
         "requestType": "inference",
+        "costUsd": None,
+        "keyName": None,
     }
 
 
