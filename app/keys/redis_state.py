@@ -86,12 +86,20 @@ if #ARGV > 2 then redis.call('EXPIRE', KEYS[3], math.ceil(ttl) + 5) end
 return 1
 """
 
+PING_SCRIPT = "return 1"  # sends the waiting finished steps when nothing else is going
+
 USAGE = _PRELUDE + """
 local req = load(KEYS[1], false)
 local tok = load(KEYS[2], false)
 local live = redis.call('ZCOUNT', KEYS[3], '(' .. tostring(now), '+inf')
 return {req, tok, live}
 """
+
+
+# A finished request's step (free its lease, count its tokens) waits at most this long: it rides on the next
+# admission's round trip (one pipeline), or a timer sends it. A round trip costs ~55 µs of CPU under gevent,
+# so this halves the limiter's CPU per request; a slot is freed at most this much later.
+FINISH_DELAY = 0.02
 
 
 class RedisState:
@@ -109,20 +117,50 @@ class RedisState:
         self.client = client or redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                                      retry_on_timeout=False)
         self._sha: dict[str, str] = {}
+        self._pending: list[tuple] = []  # FINISH steps not sent yet
+        self._timer = None
 
     def _keys(self, key_id: str) -> tuple[str, str, str]:
         base = f"{self.prefix}{{{key_id}}}:"
         return base + "r", base + "t", base + "l"
 
-    def _run(self, script: str, keys: tuple, *args):
-        sha = self._sha.get(script)
-        if sha is None:
-            sha = self._sha[script] = self.client.script_load(script)
-        try:
-            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-        except self._noscript:  # the server restarted or flushed its scripts
+    def _load_scripts(self) -> None:
+        for script in (ADMIT, FINISH, RENEW, USAGE, PING_SCRIPT):
             self._sha[script] = self.client.script_load(script)
-            return self.client.execute_command("EVALSHA", self._sha[script], len(keys), *keys, *args)
+
+    def _evalsha(self, script: str, keys: tuple, args: tuple) -> tuple:
+        return ("EVALSHA", self._sha[script], len(keys), *keys, *args)
+
+    def _run(self, script: str, keys: tuple, *args):
+        """One script, with the finished steps waiting to go sent in the same round trip."""
+        if not self._sha:
+            self._load_scripts()
+        pending, self._pending = self._pending, []
+        for attempt in (0, 1):
+            try:
+                if not pending:
+                    return self.client.execute_command(*self._evalsha(script, keys, args))
+                pipe = self.client.pipeline(transaction=False)
+                for fkeys, fargs in pending:
+                    pipe.execute_command(*self._evalsha(FINISH, fkeys, fargs))
+                pipe.execute_command(*self._evalsha(script, keys, args))
+                return pipe.execute()[-1]
+            except self._noscript:  # the server restarted or flushed its scripts
+                if attempt:
+                    raise
+                self._load_scripts()
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        if self._pending:
+            try:
+                self._run(PING_SCRIPT, ())
+            except self.errors:
+                pass  # the leases expire by themselves; the outage shows at the next admission
+
+    def flush(self) -> None:
+        if self._pending:
+            self._run(PING_SCRIPT, ())
 
     def admit(self, key_id: str, lim: Limits, now: float, lease_id: str | None) -> Verdict:
         out = self._run(ADMIT, self._keys(key_id), WINDOW, lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0,
@@ -134,7 +172,14 @@ class RedisState:
                        req_free if req_free >= 0 else None, tok_free if tok_free >= 0 else None)
 
     def finish(self, key_id: str, lease_id: str | None, tokens: int, now: float, count_tokens: bool) -> None:
-        self._run(FINISH, self._keys(key_id), WINDOW, lease_id or "", int(tokens) if count_tokens else 0)
+        self._pending.append((self._keys(key_id), (WINDOW, lease_id or "", int(tokens) if count_tokens else 0)))
+        if self._timer is None:
+            try:
+                import gevent
+
+                self._timer = gevent.spawn_later(FINISH_DELAY, self._flush_later)
+            except Exception:  # no gevent loop to wait on: send it now
+                self.flush()
 
     def renew(self, leases: Iterable[tuple[str, str]], now: float) -> None:
         by_key: dict[str, list[str]] = {}
@@ -148,6 +193,7 @@ class RedisState:
         return int(req), int(tok), int(live)
 
     def ping(self) -> None:
+        self.flush()
         self.client.ping()
 
     def healthy(self) -> bool:
@@ -157,6 +203,10 @@ class RedisState:
             return False
 
     def close(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            pass
         try:
             self.client.close()
         except Exception:
