@@ -63,6 +63,7 @@ class Services:
         register_secret(dashboard_secret)
         self.dashboard_auth = DashboardAuth(dashboard_secret)
         self.dashboard = DashboardService(self.storage, self.accounting, self.credentials, settings)
+        self.dashboard.key_usage = self.client_keys.store.usage_by_key
         self.translator = Translator(settings, self.upstream, self.recorder)
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False

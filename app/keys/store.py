@@ -107,18 +107,19 @@ class KeyStore:
             params.append(float(until))
         sql = ("SELECT key_id, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens),"
                " SUM(cache_read_input_tokens), SUM(CASE WHEN error_type IS NOT NULL OR status >= 400 THEN 1 ELSE 0 END),"
-               " COALESCE(SUM(cost_usd), 0) FROM nexus_requests"
+               " COALESCE(SUM(cost_usd), 0), SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END) FROM nexus_requests"
                + (" WHERE " + " AND ".join(where) if where else "") + " GROUP BY key_id")
         rows = self.storage.query(sql, params)
         keys = {k.id: k for k in self.all()}
         out = []
-        for key_id, count, inp, outp, cc, cr, errors, cost in rows:
+        for key_id, count, inp, outp, cc, cr, errors, cost, unpriced in rows:
             key = keys.get(key_id)
             out.append({
                 "keyId": key_id, "name": key.name if key else None, "team": key.team if key else None,
                 "requestCount": int(count or 0), "inputTokens": int(inp or 0), "outputTokens": int(outp or 0),
                 "cacheCreationInputTokens": int(cc or 0), "cacheReadInputTokens": int(cr or 0),
                 "errorCount": int(errors or 0), "costUsd": round(float(cost or 0), 6),
+                "unpricedRequests": int(unpriced or 0),
             })
         out.sort(key=lambda e: (e["name"] is None, e["name"] or "", e["keyId"] or ""))
         return out

@@ -258,3 +258,23 @@ def test_redis_outage_follows_rate_limit_fail_logged_once_and_shown(tmp_path, fa
     limiter = health["clientKeys"]["rateLimiter"]
     assert limiter["backend"] == "redis" and not limiter["healthy"] and limiter["outage"]["since"]
     assert limiter["failMode"] == mode
+
+
+def test_dashboard_shows_usage_by_key_and_filters_requests_by_key(tmp_path, fake_upstream):
+    dash_key = "dashboard-key-for-tests-0123456789"
+    proxy = Proxy(tmp_path, fake_upstream, DASHBOARD_API_KEY=dash_key)
+    alice, a = proxy.create("alice", team="platform")
+    bob, b = proxy.create("bob")
+    for k in (alice, alice, bob):
+        assert proxy.post(k).status_code == 200
+    page = proxy.client.get("/dashboard?token=" + dash_key, follow_redirects=True)
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'id="top-keys"' in html and "alice</a> (platform)" in html and f"/dashboard/requests?key_id={a.id}" in html
+    data = proxy.client.get("/dashboard/api/overview").get_json()
+    by_name = {k["name"]: k for k in data["topKeys"]}
+    assert by_name["alice"]["requests"] == 2 and by_name["bob"]["requests"] == 1
+    assert by_name["alice"]["costUsd"] > 0 and by_name["alice"]["tokens"] > 0
+    rows = proxy.client.get(f"/dashboard/api/requests?key_id={b.id}").get_json()["rows"]
+    assert len(rows) == 1
+    assert alice not in html and bob not in html
