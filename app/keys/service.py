@@ -27,6 +27,7 @@ from app.masking import mask_text
 log = logging.getLogger("nexus.keys")
 
 UNKNOWN_KEY = "Missing or invalid proxy API key (send it as x-api-key or Authorization: Bearer)"
+CLIENT_KEY_KIND = "client_key"  # Identity.kind of a request that came with one of these keys
 # After a failed call to the shared state, skip it for this long: during an outage a request pays
 # nothing for the limiter, instead of a timeout each.
 RETRY_STATE_AFTER = 1.0
@@ -77,6 +78,7 @@ class ClientKeys:
         self.fail_open = getattr(settings, "rate_limit_fail", "open") != "closed"
         self.refresh_interval = min(5.0, float(getattr(settings, "keys_refresh_interval", 2.0) or 2.0))
         self._by_hash: dict[str, ClientKey] = {}
+        self._by_id: dict[str, ClientKey] = {}
         self._count = 0
         self._loaded = False
         self._next_try = 0.0
@@ -101,6 +103,7 @@ class ClientKeys:
             self._load_error = mask_text(str(exc)[:200])
             return False
         self._by_hash = {k.key_hash: k for k in keys}
+        self._by_id = {k.id: k for k in keys}
         self._count = len(keys)
         self._loaded = True
         self._load_error = None
@@ -113,6 +116,36 @@ class ClientKeys:
             self._next_try = time.monotonic() + self.refresh_interval
             self.reload()
         return self._count > 0
+
+    # --- the key source of app.services.access -------------------------------------------------
+
+    def has_keys(self) -> bool:
+        return self.any_keys
+
+    def match(self, presented_key: str, host: str):
+        """The identity one of our keys opens on `host` (None for anything else, or a key refused)."""
+        from app.services.access import Identity
+
+        if not looks_like_key(presented_key) or (not self._loaded and not self.reload()):
+            return None
+        key = self._by_hash.get(hash_key(presented_key))
+        if key is None or key.revoked_at is not None or key.expired(self.clock()):
+            return None
+        if key.domain and host != key.domain:
+            return None
+        return Identity(CLIENT_KEY_KIND, key.id, key.domain, False, presented_key)
+
+    def refusal(self, presented_key: str, host: str) -> ProxyError | None:
+        """Why one of our keys is refused (revoked, expired, another domain, store unreadable); None otherwise."""
+        try:
+            self.identify(presented_key, host)
+        except ProxyError as exc:
+            return None if exc.message == UNKNOWN_KEY else exc
+        return None
+
+    def record_of(self, identity) -> ClientKey:
+        """The key behind an identity `match` gave."""
+        return self._by_id[identity.name]
 
     def identify(self, presented: str | None, host: str) -> ClientKey | None:
         """The key behind a presented value, or None when it is not one of ours. 401 when it is ours but
