@@ -89,7 +89,8 @@ def _key_ok(given: str | None) -> bool:
 def _logged_in(resp):
     auth = _auth()
     resp.set_cookie(SESSION_COOKIE, auth.new_session(), max_age=SESSION_MAX_AGE, **auth.cookie_options(request))
-    resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/dashboard/login")
+    if LOGIN_CSRF_COOKIE in request.cookies:
+        resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/dashboard/login")
     return resp
 
 
@@ -141,7 +142,15 @@ def _render(template: str, **context):
     auth = _auth()
     session = auth.session(request)
     return render_template(template, csrf=auth.csrf_token(session) if session else "", usd=format_usd,
-                           nav=request.endpoint, **context)
+                           cost_cell=cost_cell, nav=request.endpoint, **context)
+
+
+def cost_cell(row: dict) -> str:
+    """A summed cost as shown: "unpriced" when nothing in it had a price, "*" when part of it had none."""
+    unpriced, requests = int(row.get("unpricedRequests") or 0), int(row.get("requests") or 0)
+    if unpriced and unpriced >= requests:
+        return "unpriced"
+    return format_usd(row.get("costUsd") or 0.0) + ("*" if unpriced else "")
 
 
 def _error_page(message: str, status: int):

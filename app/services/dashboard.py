@@ -22,7 +22,7 @@ RANGES: dict[str, tuple[str, int, int]] = {
 DEFAULT_RANGE = "24h"
 # For a from-to range: the narrowest of these that keeps the chart at MAX_BUCKETS points or fewer.
 _WIDTHS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400)
-MAX_BUCKETS = 120
+MAX_BUCKETS = 60
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -87,11 +87,17 @@ def parse_range(args: Mapping[str, str], now: float | None = None) -> TimeRange:
             raise DashboardInputError("from/to: at most 400 days")
         span = until - since
         width = next((w for w in _WIDTHS if span / w <= MAX_BUCKETS), _WIDTHS[-1])
+        if width >= 3600:  # whole buckets on UTC boundaries: read from the stored hourly or daily totals
+            since, until = float(since // width * width), float(math.ceil(until / width) * width)
         return TimeRange("custom", f"{_iso(since)} to {_iso(until)}", since, until, width)
     key = (args.get("range") or DEFAULT_RANGE).strip()
     if key not in RANGES:
         raise DashboardInputError(f"range: must be one of {', '.join(RANGES)}, or from/to")
     label, span, width = RANGES[key]
+    if width % 3600 == 0:
+        # Whole buckets on UTC boundaries, the current one included: these ranges read the hourly totals.
+        until = float(math.ceil((now + 0.001) / width) * width)
+        return TimeRange(key, label, until - span, until, width)
     # A hair past now, so that a request recorded this very second is inside the range.
     return TimeRange(key, label, now + 0.001 - span, now + 0.001, width)
 
@@ -154,7 +160,7 @@ class DashboardService:
             _add(totals, sums)
             _add(domains.setdefault(domain or "unknown", _zero()), sums)
             _add(models.setdefault((asked or "", used or asked or ""), _zero()), sums)
-        p50, p95 = self.storage.duration_percentiles(tr.since, tr.until, (0.5, 0.95))
+        p50, p95 = self.storage.percentiles(tr.since, tr.until, (0.5, 0.95))
         order = lambda item: (-item[1]["costUsd"], -item[1]["requests"], str(item[0]))  # noqa: E731
         return {
             "range": {"key": tr.key, "label": tr.label, "since": iso_ms(tr.since), "until": iso_ms(tr.until),

@@ -44,7 +44,7 @@ def dashboard_key(settings, environ: Mapping[str, str] | None = None) -> tuple[s
     return key, True
 
 
-def banner_lines(settings, environ: Mapping[str, str] | None = None) -> list[str]:
+def dashboard_banner_lines(settings, environ: Mapping[str, str] | None = None) -> list[str]:
     """The start-up banner's dashboard line. The full login URL appears here and nowhere else, and only
     for a key the server made itself (an operator's own key is theirs to know)."""
     key, generated = dashboard_key(settings, environ)

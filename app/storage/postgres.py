@@ -16,6 +16,7 @@ import zlib
 from typing import Any, Iterator, Sequence
 
 from app.records import RequestRecord
+from app.storage.dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
 from app.storage.base import (
     ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
     apply_migrations, model_dict, request_row, stats_query,
@@ -61,6 +62,9 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX nexus_requests_model_ts ON nexus_requests (model_used, ts)",
         "CREATE INDEX nexus_requests_error_ts ON nexus_requests (error_type, ts)",
         "CREATE INDEX nexus_requests_status_ts ON nexus_requests (status, ts)",
+        "CREATE INDEX nexus_requests_ts_duration ON nexus_requests (ts, duration_ms)",  # percentiles, index only
+        *rollup_ddl("BIGINT", "DOUBLE PRECISION"),
+        *rollup_backfill("FLOOR(ts / {p})::BIGINT"),
     ],
     # client keys (hashes only) and the key id on each request row
     [
@@ -87,6 +91,7 @@ _UPSERT_DOMAIN = _upsert_sql("nexus_domain_usage", ("domain",))
 _UPSERT_MODEL = _upsert_sql("nexus_model_usage", ("domain", "model"))
 _COPY_REQUESTS = f"COPY nexus_requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN"
 _PRUNE = "DELETE FROM nexus_requests WHERE id <= (SELECT MAX(id) FROM nexus_requests) - %s"
+_UPSERT_ROLLUP, _UPSERT_DURATIONS = rollup_upserts("%s", "EXCLUDED", True)
 
 
 def _int4(text: str) -> int:
@@ -247,6 +252,9 @@ class PostgresStorage(Storage):
                 cur.execute("SET LOCAL synchronous_commit = off")
                 cur.executemany(_UPSERT_DOMAIN, domain_rows)
                 cur.executemany(_UPSERT_MODEL, model_rows)
+                usage, durations = rollups(rows)  # sorted keys too
+                cur.executemany(_UPSERT_ROLLUP, usage)
+                cur.executemany(_UPSERT_DURATIONS, durations)
                 with cur.copy(_COPY_REQUESTS) as copy:
                     for row in rows:
                         copy.write_row(row)

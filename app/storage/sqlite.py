@@ -11,6 +11,7 @@ import time
 from typing import Sequence
 
 from app.records import RequestRecord
+from app.storage.dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
 from app.storage.base import (
     ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
     apply_migrations, model_dict, request_row, stats_query,
@@ -54,6 +55,9 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX nexus_requests_model_ts ON nexus_requests (model_used, ts)",
         "CREATE INDEX nexus_requests_error_ts ON nexus_requests (error_type, ts)",
         "CREATE INDEX nexus_requests_status_ts ON nexus_requests (status, ts)",
+        "CREATE INDEX nexus_requests_ts_duration ON nexus_requests (ts, duration_ms)",  # percentiles, index only
+        *rollup_ddl("INTEGER", "REAL"),
+        *rollup_backfill("CAST(ts / {p} AS INTEGER)"),
     ],
     # client keys (hashes only) and the key id on each request row
     [
@@ -83,6 +87,7 @@ _UPSERT_MODEL = _upsert_sql("nexus_model_usage", "domain, model")
 _INSERT_REQUEST = (f"INSERT INTO nexus_requests ({', '.join(REQUEST_COLUMNS)})"
                    f" VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})")
 _PRUNE = "DELETE FROM nexus_requests WHERE id <= (SELECT MAX(id) FROM nexus_requests) - ?"
+_UPSERT_ROLLUP, _UPSERT_DURATIONS = rollup_upserts("?", "excluded", False)
 
 
 class SqliteStorage(Storage):
@@ -180,6 +185,9 @@ class SqliteStorage(Storage):
                     conn.executemany(_UPSERT_DOMAIN, [(d, *v) for d, v in by_domain.items()])
                     conn.executemany(_UPSERT_MODEL, [(d, m, *v) for (d, m), v in by_model.items()])
                     conn.executemany(_INSERT_REQUEST, rows)
+                    usage, durations = rollups(rows)
+                    conn.executemany(_UPSERT_ROLLUP, usage)
+                    conn.executemany(_UPSERT_DURATIONS, durations)
                     # Row ids grow by one per insert, so this keeps exactly the newest N rows
                     # with an index range delete (no count, no scan).
                     conn.execute(_PRUNE, (self.retention_rows,))

@@ -13,6 +13,11 @@
     if (a >= 0.01) { return "$" + v.toFixed(4); }
     return "$" + v.toFixed(6);
   }
+  // The same rule as the server's cost_cell: nothing priced -> "unpriced"; partly priced -> "*".
+  function costCell(r) {
+    if (r.unpricedRequests && r.unpricedRequests >= r.requests) { return "unpriced"; }
+    return usd(r.costUsd) + (r.unpricedRequests ? "*" : "");
+  }
   function ms(v) { return v === null || v === undefined ? "\u2013" : Math.round(v) + " ms"; }
 
   function el(tag, attrs, text) {
@@ -77,7 +82,7 @@
       cell(tr, num(r.requests), "n");
       cell(tr, num(r.errors), "n");
       cell(tr, num(r.tokens), "n");
-      var c = cell(tr, usd(r.costUsd) + (r.unpricedRequests ? "*" : ""), "n");
+      var c = cell(tr, costCell(r), "n");
       c.setAttribute("data-value", String(r.costUsd));
       tbody.appendChild(tr);
     });
