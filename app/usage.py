@@ -50,7 +50,7 @@ class Usage:
     text: str | None = None  # the answer's text, at most TEXT_CAP characters (for Slack)
     error_type: str | None = None  # an error the answer itself reported (an `event: error`)
     error_message: str | None = None
-    # cache writes by TTL (their sum is at most cache_creation_input_tokens)
+    # cache_creation_input_tokens split by TTL, from `usage.cache_creation` (0 and 0 when the upstream did not say)
     cache_creation_5m_input_tokens: int = 0
     cache_creation_1h_input_tokens: int = 0
 
@@ -99,8 +99,8 @@ def usage_from_message(msg: dict) -> Usage:
     out = Usage(*(_int(usage.get(k)) for k in _TOKEN_KEYS))
     split = usage.get("cache_creation")
     if isinstance(split, dict):
-        out.cache_creation_5m_input_tokens = _int(split.get("ephemeral_5m_input_tokens"))
-        out.cache_creation_1h_input_tokens = _int(split.get("ephemeral_1h_input_tokens"))
+        out.cache_creation_5m_input_tokens = _int(split.get(_CACHE_SPLIT_KEYS[0][0]))
+        out.cache_creation_1h_input_tokens = _int(split.get(_CACHE_SPLIT_KEYS[1][0]))
     parts: list[str] = []
     size = 0
     content = msg.get("content") if isinstance(msg, dict) else None

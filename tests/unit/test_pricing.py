@@ -8,7 +8,7 @@ import pytest
 from app.pricing import (BUILTIN_PRICES_DATE, ModelPrice, PriceTable, format_usd, parse_model_prices,
                          record_cost, split_cache_creation)
 from app.records import RequestRecord
-from app.usage import StreamUsage, usage_from_message
+from app.usage import StreamUsage, apply_usage, usage_from_message
 from config.settings import Settings, SettingsError
 
 
@@ -99,10 +99,14 @@ def test_cache_split_is_read_from_json_answers_and_streams():
              "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}
     u = usage_from_message({"content": [], "usage": usage})
     assert (u.cache_creation_5m_input_tokens, u.cache_creation_1h_input_tokens) == (100, 200)
+    rec = RequestRecord(request_id="r", timestamp=0, domain="d", mode="passthrough")
+    apply_usage(rec, u)  # the one function that puts usage on the record carries the split
+    assert (rec.cache_creation_5m_input_tokens, rec.cache_creation_1h_input_tokens) == (100, 200)
     s = StreamUsage()
     s.feed("message_start", json.dumps({"type": "message_start", "message": {"usage": usage}}))
     s.feed("message_delta", b'{"type":"message_delta","usage":{"output_tokens":9,"cache_creation":null}}')
     assert (s.cache_creation_5m_input_tokens, s.cache_creation_1h_input_tokens, s.output_tokens) == (100, 200, 9)
+    assert s.usage().cache_creation_1h_input_tokens == 200
 
 
 @pytest.mark.parametrize("value,text", [
