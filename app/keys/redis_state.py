@@ -98,8 +98,8 @@ return {req, tok, live}
 # A finished request's step (free its lease, count its tokens) is written to Redis at once on a connection of
 # its own, and its reply is read later, when it is already there: Redis runs the step within microseconds, long
 # before the client can send its next request, while the request path never waits for that round trip (under
-# gevent a wait costs ~55 µs of CPU). At most this many replies stay unread before they are read in one go.
-MAX_UNREAD = 256
+# gevent a wait costs ~55 µs of CPU). Every this many steps their replies, arrived long since, are read in one go.
+MAX_UNREAD = 64
 
 
 class RedisState:
@@ -118,6 +118,8 @@ class RedisState:
                                                      retry_on_timeout=False)
         self._sha: dict[str, str] = {}
         self._finisher = None  # the connection finished steps are written on
+        self._idle: list = []  # our connections not in use (one per greenlet waiting on Redis at once)
+        self._reply_error = redis.exceptions.ResponseError
         self._unread = 0
         self._finish_lock = threading.Lock()
 
@@ -136,19 +138,37 @@ class RedisState:
         if not self._sha:
             self._load_scripts()
         try:
-            return self.client.execute_command(*self._evalsha(script, keys, args))
+            return self._call(self._evalsha(script, keys, args))
         except self._noscript:  # the server restarted or flushed its scripts
             self._load_scripts()
-            return self.client.execute_command(*self._evalsha(script, keys, args))
+            return self._call(self._evalsha(script, keys, args))
 
-    def _drain(self, conn, wait: bool) -> None:
-        """Read the replies of finished steps: those already there, or (wait) all of them."""
-        while self._unread and (wait or conn.can_read(timeout=0)):
+    def _call(self, command: tuple):
+        """One command on a connection of our own: redis-py's pool checks each connection it hands out with a
+        poll, which costs more than the step itself; ours are only checked by using them."""
+        conn = self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
+        try:
+            conn.send_packed_command(conn.pack_command(*command), check_health=False)
+            reply = conn.read_response()
+        except self._reply_error:
+            self._idle.append(conn)  # the command failed, the connection is fine
+            raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._idle.append(conn)
+        return reply
+
+    def _drain(self, conn) -> None:
+        """Read the replies of the finished steps sent so far (long arrived: reading them does not wait)."""
+        while self._unread:
             self._unread -= 1
             try:
                 conn.read_response()
             except self._noscript:
                 self._sha.clear()  # Redis lost its scripts (a restart lost the windows too); load them again
+            except self._reply_error:
+                pass
 
     def _send_finish(self, keys: tuple, args: tuple) -> None:
         with self._finish_lock:
@@ -157,15 +177,15 @@ class RedisState:
             conn = self._finisher
             try:
                 if conn is None:
-                    conn = self._finisher = self.client.connection_pool.get_connection()
-                self._drain(conn, wait=self._unread >= MAX_UNREAD)
+                    conn = self._finisher = self.client.connection_pool.make_connection()
+                if self._unread >= MAX_UNREAD:
+                    self._drain(conn)
                 conn.send_packed_command(conn.pack_command(*self._evalsha(FINISH, keys, args)), check_health=False)
                 self._unread += 1
             except BaseException:
                 self._finisher, self._unread = None, 0
                 if conn is not None:
                     conn.disconnect()
-                    self.client.connection_pool.release(conn)
                 raise
 
     def flush(self) -> None:
@@ -174,11 +194,10 @@ class RedisState:
             conn = self._finisher
             if conn is not None and self._unread:
                 try:
-                    self._drain(conn, wait=True)
+                    self._drain(conn)
                 except BaseException:
                     self._finisher, self._unread = None, 0
                     conn.disconnect()
-                    self.client.connection_pool.release(conn)
                     raise
 
     def admit(self, key_id: str, lim: Limits, now: float, lease_id: str | None) -> Verdict:
@@ -220,9 +239,9 @@ class RedisState:
             self.flush()
         except Exception:
             pass
-        if self._finisher is not None:
-            self.client.connection_pool.release(self._finisher)
-            self._finisher = None
+        for conn in [*self._idle, *([self._finisher] if self._finisher is not None else [])]:
+            conn.disconnect()
+        self._idle, self._finisher = [], None
         try:
             self.client.close()
         except Exception:
