@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from app.errors import ProxyError
-from app.keys import limits as limits_mod
 from app.keys.keyformat import hash_key, looks_like_key
 from app.keys.limits import Limits, refusal_headers, refusal_message
 from app.keys.rules import ClientKey, budget_text, iso_minute, period_bounds
