@@ -3,7 +3,6 @@ filters on any column, and the schema step that adds the cost columns."""
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pytest
 
