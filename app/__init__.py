@@ -45,13 +45,18 @@ class Services:
         self.slack = Slack(settings)
         store = self.storage if getattr(self.storage, "supports_credentials", False) else None
         self.credentials = CredentialManager(settings, store=store)
-        self.access = AccessControl(settings, self.credentials)
+        # Client keys with limits (app/keys): the store's keys table and the shared rate-limit state
+        from .keys.service import ClientKeys
+
+        self.client_keys = ClientKeys(settings, self.storage)
+        self.access = AccessControl(settings, self.credentials, (self.client_keys,))
         self.domains = DomainNames(self.credentials, self.storage, settings.usage_max_unmapped_hosts)
         self.upstream = UpstreamClient(settings)
         from .pricing import PriceTable
 
         self.prices = PriceTable(settings.model_prices)
-        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.prices)
+        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.prices,
+                                 self.client_keys)
         # the dashboard: its own key (DASHBOARD_API_KEY, or one the server made), its reads
         from .services.dashboard import DashboardService
         from .services.dashboard_auth import DashboardAuth, dashboard_key
@@ -60,6 +65,7 @@ class Services:
         register_secret(dashboard_secret)
         self.dashboard_auth = DashboardAuth(dashboard_secret)
         self.dashboard = DashboardService(self.storage, self.accounting, self.credentials, settings)
+        self.dashboard.key_usage = self.client_keys.store.usage_by_key
         self.translator = Translator(settings, self.upstream, self.recorder)
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
@@ -72,12 +78,14 @@ class Services:
         if self.settings.proxy_mode == "passthrough" or self.settings.domain_credential_mapping:
             self.credentials.validate_all()
         self.accounting.start()
+        self.client_keys.start()
         self.telemetry.start()
         self.slack.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush usage and notifications (graceful shutdown). Safe to call more than once."""
         self._running = False
+        self.client_keys.stop()
         for part in (self.accounting, self.telemetry, self.slack):
             try:
                 if part is self.accounting:

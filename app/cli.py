@@ -18,6 +18,8 @@ commands:
   (none) | serve            run the proxy (gunicorn with gevent workers)
   oauth-login FILE [--create-api-key]
                             log in to Claude with OAuth and write a credential file
+  keys create|list|show|update|revoke ...
+                            manage client keys with limits and budgets (see keys --help)
 
 A .env file in the working directory is loaded automatically; real environment variables win.
 Examples:
@@ -45,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "keys":
+        from .keys.cli import main as keys_main
+
+        return keys_main(argv[1:])
     if argv and argv[0] == "oauth-login":
         from .oauth_login import main as oauth_main
         from .settings import SettingsError, load_env_files

@@ -25,6 +25,13 @@ class Incoming:
     record: RequestRecord
     client_key: str | None = None  # the proxy's own client key, when access control matched one (never forwarded)
     identity: Identity | None = None  # what that key matched (app.services.access)
+    # A client key's rules and limits (app/keys), applied by `admit` before any upstream call.
+    admitter: Callable[[str | None], None] | None = None
+
+    def admit(self, model: str | None) -> None:
+        """403/429 before the upstream is called, when the request's client key forbids it; else nothing."""
+        if self.admitter is not None:
+            self.admitter(model)
 
     def json(self) -> dict:
         """The body as a JSON object, or a 400 that says what is wrong."""

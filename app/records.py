@@ -37,6 +37,12 @@ class RequestRecord:
     cache_creation_5m_input_tokens: int = 0
     cache_creation_1h_input_tokens: int = 0
     cost_usd: float | None = None
+    # The client key (app/keys) the request came with: its id and labels, never the key itself.
+    key_id: str | None = None
+    key_name: str | None = None
+    key_team: str | None = None
+    # What the key's limiter holds for this request (a concurrency slot), released once when it is finished.
+    admission: object = field(default=None, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:

@@ -152,6 +152,15 @@ class SettingsSchema(Schema):
     model_prices = _ModelPrices(data_key="MODEL_PRICES")
     dashboard_api_key = fields.String(data_key="DASHBOARD_API_KEY", validate=validate.Length(
         min=16, error="must be at least 16 characters"))
+    # Client keys with limits: shared rate-limit state (Redis across hosts, a local file on one host)
+    redis_url = fields.String(data_key="REDIS_URL", validate=validate.Regexp(
+        r"^(redis|rediss|unix)://", error="must be a redis://, rediss:// or unix:// URL"))
+    redis_key_prefix = fields.String(data_key="REDIS_KEY_PREFIX", validate=validate.Length(min=1))
+    rate_limit_fail = fields.String(data_key="RATE_LIMIT_FAIL", validate=validate.OneOf(
+        ["open", "closed"], error="must be 'open' or 'closed'"))
+    rate_limit_state_path = fields.String(data_key="RATE_LIMIT_STATE_PATH", validate=validate.Length(min=1))
+    keys_refresh_interval = fields.Float(data_key="KEYS_REFRESH_INTERVAL", validate=validate.Range(
+        min=0.1, max=5, error="must be between 0.1 and 5 seconds"), error_messages={"invalid": "must be a number"})
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,12 @@ class Settings:
     # cost and dashboard
     model_prices: dict = field(default_factory=dict)
     dashboard_api_key: str | None = field(default=None, repr=False)
+    # Client keys with limits
+    redis_url: str | None = field(default=None, repr=False)
+    redis_key_prefix: str = "nexus:"
+    rate_limit_fail: str = "open"
+    rate_limit_state_path: str | None = None  # default: limits.sqlite3 beside USAGE_DB_PATH
+    keys_refresh_interval: float = 2.0
 
     @property
     def max_body_bytes(self) -> int:

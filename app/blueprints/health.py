@@ -20,7 +20,8 @@ def health():
         body["details"] = "send an admin key (one of PROXY_API_KEYS) to see the configuration"
         return jsonify(body)
     storage = services.accounting.status()
-    if storage.get("degraded"):
+    client_keys = services.client_keys.status()
+    if storage.get("degraded") or not client_keys["rateLimiter"]["healthy"]:
         body["status"] = "degraded"
     public = settings.public_dict()
     body.update({
@@ -38,6 +39,7 @@ def health():
         "upstreamKey": _key_status(settings),
         "credentials": services.credentials.status(),
         "storage": storage,
+        "clientKeys": client_keys,
         "telemetry": services.telemetry.status(),
         "slack": services.slack.status(),
     })

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, request
 from .. import logs
 from ..errors import ProxyError, body_too_large
 from ..exchange import Incoming, Reply
+from ..keys.service import CLIENT_KEY_KIND
 from ..records import RequestRecord
 from ..services.credentials import host_without_port
 
@@ -51,6 +52,11 @@ def _handle(kind: str) -> Response:
             rec.domain = services.domains.for_request(host, refused=True)
             raise
         rec.domain = services.domains.for_request(host, refused=False)
+        admitter = None
+        if identity is not None and identity.kind == CLIENT_KEY_KIND:
+            client = services.client_keys.record_of(identity)
+            rec.key_id, rec.key_name, rec.key_team = client.id, client.name, client.team
+            admitter = lambda model: services.client_keys.admit(client, rec, model)  # noqa: E731
         limit = settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise body_too_large(limit)
@@ -60,7 +66,7 @@ def _handle(kind: str) -> Response:
             raise body_too_large(limit)
         logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
         inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
-                       rec, identity.key if identity else None, identity)
+                       rec, identity.key if identity else None, identity, admitter)
         if settings.translation:
             if kind == "messages":
                 reply = services.translator.messages(inc)

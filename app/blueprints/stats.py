@@ -32,6 +32,14 @@ def token_stats():
         body["range"] = {"since": _iso_or_none(since), "until": _iso_or_none(until)}
     body["models"] = models
     body["totals"] = _totals(stats)
+    group_by = request.args.get("group_by")
+    if group_by not in (None, "", "domain", "key"):
+        raise invalid_request("group_by: must be 'domain' or 'key'")
+    if group_by == "key":
+        try:
+            body["keys"] = services.client_keys.store.usage_by_key(since, until)
+        except StorageError as exc:
+            raise ProxyError(503, f"The usage store is unavailable ({exc})", "api_error") from None
     return jsonify(body)
 
 

@@ -8,7 +8,9 @@ need an admin identity whenever any key exists: a team's `client_api_key` opens 
 operator's data.
 
 A key source has `has_keys() -> bool` and `match(presented_key, host) -> Identity | None`; `PROXY_API_KEYS`
-and the credential files' `client_api_key` are two, and more can be added with `add_source`.
+and the credential files' `client_api_key` are two, and more can be added with `add_source` (the client keys of
+app/keys are one). A source may also have `refusal(presented_key, host) -> ProxyError | None`, the specific
+error for a key of its own it does not accept (revoked, expired).
 """
 from __future__ import annotations
 
@@ -133,6 +135,12 @@ class AccessControl:
         key = presented_key(headers)
         identity = self._match(key, host) if key else None
         if identity is None:
+            for source in self.sources:
+                # a source may say why its own key is refused (revoked, expired); an unknown key gets no detail
+                refusal = getattr(source, "refusal", None)
+                error = refusal(key, host) if refusal is not None and key else None
+                if error is not None:
+                    raise error
             raise ProxyError(401, _UNAUTHORIZED, "authentication_error")
         return identity
 

@@ -138,6 +138,8 @@ class DashboardService:
         self.accounting = accounting
         self.credentials = credentials
         self.settings = settings
+        # usage per client key (app/keys/store.py), when the app has client keys
+        self.key_usage = None
 
     def _fresh(self) -> None:
         # This worker's latest records first (other workers write theirs within a second).
@@ -168,8 +170,20 @@ class DashboardService:
             "topDomains": [{"domain": d} | _finish(v) for d, v in sorted(domains.items(), key=order)[:TOP_N]],
             "topModels": [{"requested": a or None, "used": u or None} | _finish(v)
                           for (a, u), v in sorted(models.items(), key=order)[:TOP_N]],
+            "topKeys": self._top_keys(tr),
             "generatedAt": iso_ms(time.time()),
         }
+
+    def _top_keys(self, tr: TimeRange) -> list[dict]:
+        """Usage and cost per client key (name and team), the costliest first."""
+        if self.key_usage is None:
+            return []
+        rows = [{"keyId": e["keyId"], "name": e["name"], "team": e["team"], "requests": e["requestCount"],
+                 "errors": e["errorCount"], "tokens": e["inputTokens"] + e["outputTokens"],
+                 "costUsd": e["costUsd"], "unpricedRequests": e["unpricedRequests"]}
+                for e in self.key_usage(tr.since, tr.until)]
+        rows.sort(key=lambda r: (-r["costUsd"], -r["requests"], str(r["name"])))
+        return rows[:TOP_N]
 
     # --- the request log ---------------------------------------------------------------------
     def request_filters(self, args: Mapping[str, str]) -> dict[str, str]:

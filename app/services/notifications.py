@@ -201,6 +201,7 @@ def telemetry_event(rec: RequestRecord) -> dict:
         "toolCallCount": rec.tool_calls,
         "requestType": rec.request_type,
         "costUsd": rec.cost_usd,
+        "keyName": rec.key_name,
     }
 
 

@@ -64,6 +64,8 @@ class Passthrough:
         accounted = inc.method == "POST" and inc.path in _ACCOUNTED_PATHS
         if accounted and inc.body:
             _describe(inc, rec)
+        if inc.method == "POST" and inc.path == "/v1/messages":
+            inc.admit(rec.model_requested)
         client_headers = inc.headers
         if inc.client_key:
             # the proxy's own access key is never forwarded, nor taken for an Anthropic credential

@@ -13,18 +13,28 @@ log = logging.getLogger("nexus")
 
 
 class Recorder:
-    def __init__(self, accounting, telemetry, slack, credentials, prices: PriceTable | None = None) -> None:
+    def __init__(self, accounting, telemetry, slack, credentials, prices: PriceTable | None = None,
+                 client_keys=None) -> None:
         self.accounting = accounting
         self.telemetry = telemetry
         self.slack = slack
         self.credentials = credentials
         self.prices = prices if prices is not None else PriceTable()
+        self.client_keys = client_keys
 
     def finish(self, rec: RequestRecord) -> None:
         rec.duration_ms = round((time.perf_counter() - rec.started) * 1000, 3)
         try:
             # Priced once, here: the row and the counters keep this figure whatever the prices become.
             rec.cost_usd = record_cost(self.prices, rec)
+        except Exception:
+            log.exception("pricing request %s failed", rec.request_id)
+        if rec.admission is not None and self.client_keys is not None:
+            try:  # the end of the request frees its concurrency slot, counts its tokens and its cost
+                self.client_keys.finish(rec)
+            except Exception:
+                log.exception("releasing the key limits of %s failed", rec.request_id)
+        try:
             self.accounting.record(rec)
             self.telemetry.submit(rec)
             self.slack.submit(rec, self.credentials.slack_override_for(rec.domain))

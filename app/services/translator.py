@@ -48,6 +48,7 @@ class Translator:
     def messages(self, inc: Incoming) -> Reply:
         rec = inc.record
         body = _read_request(inc, validate_messages_request)
+        inc.admit(rec.model_requested)
         rec.user_text = last_user_text(body)
         stream = body.get("stream") is True
         rec.stream = stream

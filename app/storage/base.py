@@ -9,7 +9,7 @@ from typing import Any, ContextManager, Sequence
 from ..records import RequestRecord
 from .dashboard import DashboardQueries
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def apply_migrations(execute, migrations: Sequence[Sequence[str]], placeholder: str) -> None:
@@ -104,6 +104,18 @@ class Storage(DashboardQueries, abc.ABC):
     def close(self) -> None:
         """Release connections and locks."""
 
+    # --- plain statements, for the client-key store (app/keys/store.py) ----------------------
+
+    placeholder: str = "?"
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Rows of one read; raises StorageError."""
+        raise NotImplementedError
+
+    def execute(self, sql: str, params: Sequence = ()) -> int:
+        """One write statement in its own transaction; the number of rows it changed. Raises StorageError."""
+        raise NotImplementedError
+
     def row_count(self) -> int:  # pragma: no cover - overridden
         """Rows currently in the per-request log (tests and GET / diagnostics)."""
         raise NotImplementedError
@@ -117,6 +129,7 @@ REQUEST_COLUMNS = (
     "cache_read_input_tokens", "tool_calls", "status", "duration_ms", "error_type",
     # schema 2: cost
     "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens", "cost_usd",
+    "key_id",
 )
 
 # Counter columns in the order of the tuple `aggregate` produces.
@@ -174,6 +187,7 @@ def request_row(rec: RequestRecord) -> tuple:
         _status(rec.status), _number(rec.duration_ms), _text(rec.error_type),
         _count(getattr(rec, "cache_creation_5m_input_tokens", 0)),
         _count(getattr(rec, "cache_creation_1h_input_tokens", 0)), _cost(getattr(rec, "cost_usd", None)),
+        _text(rec.key_id),
     )
 
 
@@ -195,7 +209,7 @@ def aggregate(rows: Sequence[tuple]) -> tuple[dict[str, list], dict[tuple[str, s
     by_domain: dict[str, list] = {}
     by_model: dict[tuple[str, str], list] = {}
     for (ts, _rid, domain, _mode, _method, _path, asked, used, rtype, _stream, inp, out, cc, cr, tools,
-         status, duration, error, _cc5m, _cc1h, cost) in rows:
+         status, duration, error, _cc5m, _cc1h, cost, *_rest) in rows:
         inference = rtype == "inference"
         delta = (inp, out, cc, cr, 1, 0 if inference else 1, 1 if inference else 0, tools,
                  1 if error is not None or status >= 400 else 0)

@@ -95,7 +95,7 @@ def rollups(rows: Sequence[tuple]) -> tuple[list[tuple], list[tuple]]:
     usage: dict[tuple, list] = {}
     durations: dict[tuple, int] = {}
     for (ts, _rid, domain, _mode, _method, _path, asked, used, _rtype, _stream, inp, out, cc, cr, _tools,
-         status, duration, error, _cc5m, _cc1h, cost) in rows:
+         status, duration, error, _cc5m, _cc1h, cost, *_rest) in rows:
         failed = 1 if error is not None or status >= 400 else 0
         bucket = duration_bucket(duration)
         for period in ROLLUP_PERIODS:

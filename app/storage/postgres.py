@@ -66,6 +66,15 @@ MIGRATIONS: list[list[str]] = [
         *rollup_ddl("BIGINT", "DOUBLE PRECISION"),
         *rollup_backfill("FLOOR(ts / {p})::BIGINT"),
     ],
+    # client keys (hashes only) and the key id on each request row
+    [
+        "CREATE TABLE nexus_keys (id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, last4 TEXT NOT NULL,"
+        " name TEXT NOT NULL, team TEXT, models TEXT, rpm INTEGER, tpm BIGINT, concurrency INTEGER,"
+        " budget_usd DOUBLE PRECISION, budget_period TEXT, expires_at DOUBLE PRECISION, domain TEXT,"
+        " created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION)",
+        "ALTER TABLE nexus_requests ADD COLUMN key_id TEXT",
+        "CREATE INDEX nexus_requests_key_ts ON nexus_requests (key_id, ts)",
+    ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -278,6 +287,12 @@ class PostgresStorage(Storage):
         if not values:
             return [None for _ in quantiles]
         return [None if v is None else float(v) for v in values]
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return self._query(sql, params)
+
+    def execute(self, sql: str, params: Sequence = ()) -> int:
+        with self._conn() as conn:
+            return conn.execute(sql, params).rowcount
 
     def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:
         sql, params = stats_query("domain", "%s", since, until)

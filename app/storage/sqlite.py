@@ -59,6 +59,15 @@ MIGRATIONS: list[list[str]] = [
         *rollup_ddl("INTEGER", "REAL"),
         *rollup_backfill("CAST(ts / {p} AS INTEGER)"),
     ],
+    # client keys (hashes only) and the key id on each request row
+    [
+        "CREATE TABLE nexus_keys (id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, last4 TEXT NOT NULL,"
+        " name TEXT NOT NULL, team TEXT, models TEXT, rpm INTEGER, tpm INTEGER, concurrency INTEGER,"
+        " budget_usd REAL, budget_period TEXT, expires_at REAL, domain TEXT, created_at REAL NOT NULL,"
+        " updated_at REAL NOT NULL, revoked_at REAL)",
+        "ALTER TABLE nexus_requests ADD COLUMN key_id TEXT",
+        "CREATE INDEX nexus_requests_key_ts ON nexus_requests (key_id, ts)",
+    ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -222,6 +231,17 @@ class SqliteStorage(Storage):
         values = sorted(r[0] for r in rows)
         n = len(values)
         return [float(values[min(n - 1, max(0, math.ceil(q * n - 1e-9) - 1))]) for q in quantiles]
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return self._query(sql, params)
+
+    def execute(self, sql: str, params: Sequence = ()) -> int:
+        with self._lock:
+            try:
+                return self._ready().execute(sql, params).rowcount
+            except (sqlite3.DataError, sqlite3.IntegrityError) as exc:
+                raise StorageDataError(f"SQLite refused the data: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                raise StorageError(f"SQLite write failed: {exc}") from exc
 
     def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:
         sql, params = stats_query("domain", "?", since, until)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -365,6 +366,59 @@ def test_rate_limit_is_retried_by_the_cli(claude, fake, translation_cli_retry_pr
     after = _stats_after(proxy, before, "127.0.0.1", 3)
     counted = stats_delta(before, after, "stats", "127.0.0.1")
     assert counted["requestCount"] == 3 and counted["errorCount"] == 1, counted
+
+
+@pytest.fixture
+def limited_key_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[tuple[ProxyServer, str]]:
+    """The translation setup with one client key allowed 1 request at a time (made with the keys CLI)."""
+    import subprocess
+    import sys
+
+    env = _translation_env(fake_upstream_server, "translation-server-key/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
+    proxy = ProxyServer(dict(env, UPSTREAM_MAX_RETRIES="0", STREAM_PING_INTERVAL="0"),
+                        cwd=tmp_path_factory.mktemp("proxy-cwd"))
+    made = subprocess.run([sys.executable, "-m", "app", "keys", "create", "--name", "cli-user", "--concurrency", "1",
+                           "--json"], capture_output=True, text=True, cwd=str(proxy.cwd), timeout=60,
+                          env={"PATH": proxy.env["PATH"], "PYTHONPATH": str(REPO_ROOT),
+                               "USAGE_DB_PATH": proxy.env["USAGE_DB_PATH"]})
+    assert made.returncode == 0, made.stderr
+    with proxy:
+        yield proxy, json.loads(made.stdout)["key"]
+    assert "Traceback" not in proxy.output(), proxy.output()[-6000:]
+
+
+def test_a_limited_key_gets_through_the_clis_own_retries_once_the_429_clears(claude, fake, limited_key_proxy,
+                                                                             project, trap):
+    """The key's one slot is held by a slow stream: the CLI's first tries get 429 + retry-after, and its own
+    retries get through once the stream ends and frees the slot."""
+    import http.client
+    import threading
+
+    proxy, key = limited_key_proxy
+    fake.script("/chat/completions", [{"first_byte_ms": 2500}])  # the holder's answer: slow
+
+    def hold() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+        conn.request("POST", "/v1/messages", headers={"x-api-key": key, "content-type": "application/json"},
+                     body=json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 16, "stream": True,
+                                      "messages": [{"role": "user", "content": "hold the slot"}]}))
+        conn.getresponse().read()
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    deadline = time.monotonic() + 10
+    while not _posts(fake, "/chat/completions"):
+        assert time.monotonic() < deadline, "the holding request never reached the upstream"
+        time.sleep(0.05)
+    run = _run(claude, project, proxy, _client("translation-server-key/client", proxy, ANTHROPIC_AUTH_TOKEN=key),
+               trap)
+    holder.join(30)
+    assert_read_and_answered(run, project)
+    retries = run.system_events("api_retry")
+    assert retries and all(r.get("error_status") == 429 for r in retries), run.describe()
+    assert len(_posts(fake, "/chat/completions")) == 3  # the holder, then the CLI's two turns: 429s never went up
+    assert key not in json.dumps(fake.requests())
 
 
 def test_rate_limit_is_retried_by_the_proxy(claude, fake, passthrough_proxy, project, trap):

@@ -112,7 +112,9 @@ def test_a_column_added_later_is_filterable_and_shown_without_code_changes(store
     svc = service(store)
     page = svc.requests({"key_name": "alice"})
     assert [r["requestId"] for r in page["rows"]] == ["req_1"]
-    assert page["extraColumns"] == ["key_name"] and page["rows"][0]["extra"] == {"key_name": "alice"}
+    # key_id is the client keys' own column (app/keys), shown the same way
+    assert page["extraColumns"] == ["key_id", "key_name"]
+    assert page["rows"][0]["extra"] == {"key_id": None, "key_name": "alice"}
     detail = svc.detail(page["rows"][0]["id"])
     names = [name for name, _ in detail["fields"]]
     assert "key_name" in names and "key_hash" not in names  # a hash of a key is never shown

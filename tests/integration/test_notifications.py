@@ -79,6 +79,7 @@ def test_telemetry_event_has_exactly_the_product_fields():
         "toolCallCount": 2,
         "requestType": "inference",
         "costUsd": 0.01725,
+        "keyName": None,
     }
 
 

@@ -14,7 +14,7 @@ import pytest
 from app.records import RequestRecord
 from app.storage.base import SCHEMA_VERSION
 from app.storage import open_storage
-from app.storage.base import StorageError
+from app.storage.base import SCHEMA_VERSION, StorageError
 from app.storage.postgres import PostgresStorage
 from app.storage.sqlite import SqliteStorage
 from app.settings import Settings

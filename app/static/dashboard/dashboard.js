@@ -114,6 +114,9 @@
     fillTop("top-models", data.topModels, function (r) {
       return (r.requested || "\u2013") + (r.used && r.used !== r.requested ? " \u2192 " + r.used : "");
     });
+    fillTop("top-keys", data.topKeys || [], function (r) {
+      return r.keyId ? (r.name || r.keyId) + (r.team ? " (" + r.team + ")" : "") : "no client key";
+    });
     var updated = document.getElementById("updated");
     if (updated) { updated.textContent = data.generatedAt; }
   }

@@ -1,0 +1,248 @@
+"""The limiter's state across hosts: Redis, with each step one Lua script (atomic on the server).
+
+The scripts are limits.py's steps written again in Lua, against Redis's own clock (`TIME`) so hosts whose
+clocks differ still share one window. Per key: `<prefix>{<key id>}:r` and `:t` (hashes of one-second
+bucket -> requests / tokens) and `:l` (a sorted set of lease id -> expiry). Every key expires on its own.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+from .limits import LEASE_TTL, WINDOW, Limits, Verdict
+
+_PRELUDE = """
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now = sec + tonumber(t[2]) / 1000000
+local window = tonumber(ARGV[1])
+local oldest = sec - window + 1
+local function load(key, prune)
+  local flat = redis.call('HGETALL', key)
+  local total, items, stale = 0, {}, {}
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    local n = tonumber(flat[i + 1])
+    if s < oldest then stale[#stale + 1] = flat[i] else total = total + n; items[#items + 1] = {s, n} end
+  end
+  if prune and #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  table.sort(items, function(a, b) return a[1] < b[1] end)
+  return total, items
+end
+"""
+
+ADMIT = _PRELUDE + """
+local rpm, tpm, conc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease, ttl = ARGV[5], tonumber(ARGV[6])
+local function free_at(items, need)
+  local freed = 0
+  for _, it in ipairs(items) do
+    freed = freed + it[2]
+    if freed >= need then return it[1] + window end
+  end
+  return now
+end
+local req_used, req_items, tok_used, tok_items, live = 0, {}, 0, {}, 0
+if rpm > 0 then req_used, req_items = load(KEYS[1], true) end
+if tpm > 0 then tok_used, tok_items = load(KEYS[2], true) end
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  live = redis.call('ZCARD', KEYS[3])
+end
+local req_free, tok_free, reason = -1, -1, ''
+if rpm > 0 and req_used >= rpm then req_free = free_at(req_items, req_used - rpm + 1) end
+if tpm > 0 and tok_used >= tpm then tok_free = free_at(tok_items, tok_used - tpm + 1) end
+if req_free >= 0 then reason = 'requests'
+elseif tok_free >= 0 then reason = 'tokens'
+elseif conc > 0 and live >= conc then reason = 'concurrency' end
+if reason == '' then
+  if rpm > 0 then
+    redis.call('HINCRBY', KEYS[1], sec, 1)
+    redis.call('EXPIRE', KEYS[1], window + 5)
+    req_used = req_used + 1
+  end
+  if conc > 0 and lease ~= '' then
+    redis.call('ZADD', KEYS[3], now + ttl, lease)
+    redis.call('EXPIRE', KEYS[3], math.ceil(ttl) + 5)
+    live = live + 1
+  end
+end
+return {reason, tostring(now), req_used, tok_used, live, tostring(req_free), tostring(tok_free)}
+"""
+
+FINISH = _PRELUDE + """
+local lease, tokens = ARGV[2], tonumber(ARGV[3])
+if lease ~= '' then redis.call('ZREM', KEYS[3], lease) end
+if tokens > 0 then
+  redis.call('HINCRBY', KEYS[2], sec, tokens)
+  redis.call('EXPIRE', KEYS[2], window + 5)
+end
+return 1
+"""
+
+RENEW = _PRELUDE + """
+local ttl = tonumber(ARGV[2])
+for i = 3, #ARGV do redis.call('ZADD', KEYS[3], 'XX', now + ttl, ARGV[i]) end
+if #ARGV > 2 then redis.call('EXPIRE', KEYS[3], math.ceil(ttl) + 5) end
+return 1
+"""
+
+USAGE = _PRELUDE + """
+local req = load(KEYS[1], false)
+local tok = load(KEYS[2], false)
+local live = redis.call('ZCOUNT', KEYS[3], '(' .. tostring(now), '+inf')
+return {req, tok, live}
+"""
+
+
+# A finished request's step (free its lease, count its tokens) is written to Redis at once on a connection of
+# its own, and its reply is read later, when it is already there: Redis runs the step within microseconds, long
+# before the client can send its next request, while the request path never waits for that round trip (under
+# gevent a wait costs ~55 µs of CPU). Every this many steps their replies, arrived long since, are read in one go.
+MAX_UNREAD = 64
+
+
+class RedisState:
+    """Rate-limit state shared by every host that uses the same Redis and prefix."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, prefix: str = "nexus:", timeout: float = 0.5, client=None) -> None:
+        import redis
+
+        self.prefix = prefix
+        self.errors = (redis.RedisError, OSError)
+        self._noscript = redis.exceptions.NoScriptError
+        # Short timeouts: while Redis is away a request waits at most this long before the fail mode decides.
+        self.client = client or redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                                     retry_on_timeout=False)
+        self._sha: dict[str, str] = {}
+        self._finisher = None  # the connection finished steps are written on
+        self._idle: list = []  # our connections not in use (one per greenlet waiting on Redis at once)
+        self._reply_error = redis.exceptions.ResponseError
+        self._unread = 0
+        self._finish_lock = threading.Lock()
+
+    def _keys(self, key_id: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}{{{key_id}}}:"
+        return base + "r", base + "t", base + "l"
+
+    def _load_scripts(self) -> None:
+        for script in (ADMIT, FINISH, RENEW, USAGE):
+            self._sha[script] = self.client.script_load(script)
+
+    def _evalsha(self, script: str, keys: tuple, args: tuple) -> tuple:
+        return ("EVALSHA", self._sha[script], len(keys), *keys, *args)
+
+    def _run(self, script: str, keys: tuple, *args):
+        if not self._sha:
+            self._load_scripts()
+        try:
+            return self._call(self._evalsha(script, keys, args))
+        except self._noscript:  # the server restarted or flushed its scripts
+            self._load_scripts()
+            return self._call(self._evalsha(script, keys, args))
+
+    def _call(self, command: tuple):
+        """One command on a connection of our own: redis-py's pool checks each connection it hands out with a
+        poll, which costs more than the step itself; ours are only checked by using them."""
+        conn = self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
+        try:
+            conn.send_packed_command(conn.pack_command(*command), check_health=False)
+            reply = conn.read_response()
+        except self._reply_error:
+            self._idle.append(conn)  # the command failed, the connection is fine
+            raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._idle.append(conn)
+        return reply
+
+    def _drain(self, conn) -> None:
+        """Read the replies of the finished steps sent so far (long arrived: reading them does not wait)."""
+        while self._unread:
+            self._unread -= 1
+            try:
+                conn.read_response()
+            except self._noscript:
+                self._sha.clear()  # Redis lost its scripts (a restart lost the windows too); load them again
+            except self._reply_error:
+                pass
+
+    def _send_finish(self, keys: tuple, args: tuple) -> None:
+        with self._finish_lock:
+            if not self._sha:
+                self._load_scripts()
+            conn = self._finisher
+            try:
+                if conn is None:
+                    conn = self._finisher = self.client.connection_pool.make_connection()
+                if self._unread >= MAX_UNREAD:
+                    self._drain(conn)
+                conn.send_packed_command(conn.pack_command(*self._evalsha(FINISH, keys, args)), check_health=False)
+                self._unread += 1
+            except BaseException:
+                self._finisher, self._unread = None, 0
+                if conn is not None:
+                    conn.disconnect()
+                raise
+
+    def flush(self) -> None:
+        """Wait for every finished step's reply (tests, `keys show`, shutdown)."""
+        with self._finish_lock:
+            conn = self._finisher
+            if conn is not None and self._unread:
+                try:
+                    self._drain(conn)
+                except BaseException:
+                    self._finisher, self._unread = None, 0
+                    conn.disconnect()
+                    raise
+
+    def admit(self, key_id: str, lim: Limits, now: float, lease_id: str | None) -> Verdict:
+        out = self._run(ADMIT, self._keys(key_id), WINDOW, lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0,
+                        lease_id or "", LEASE_TTL)
+        reason = out[0].decode() if isinstance(out[0], bytes) else out[0]
+        server_now = float(out[1])
+        req_free, tok_free = float(out[5]), float(out[6])
+        return Verdict(not reason, reason or None, server_now, int(out[2]), int(out[3]), int(out[4]),
+                       req_free if req_free >= 0 else None, tok_free if tok_free >= 0 else None)
+
+    def finish(self, key_id: str, lease_id: str | None, tokens: int, now: float, count_tokens: bool) -> None:
+        self._send_finish(self._keys(key_id), (WINDOW, lease_id or "", int(tokens) if count_tokens else 0))
+
+    def renew(self, leases: Iterable[tuple[str, str]], now: float) -> None:
+        by_key: dict[str, list[str]] = {}
+        for key_id, lease_id in leases:
+            by_key.setdefault(key_id, []).append(lease_id)
+        for key_id, ids in by_key.items():
+            self._run(RENEW, self._keys(key_id), WINDOW, LEASE_TTL, *ids)
+
+    def usage(self, key_id: str, now: float) -> tuple[int, int, int]:
+        self.flush()
+        req, tok, live = self._run(USAGE, self._keys(key_id), WINDOW)
+        return int(req), int(tok), int(live)
+
+    def ping(self) -> None:
+        self.flush()
+        self.client.ping()
+
+    def healthy(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except self.errors:
+            return False
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            pass
+        for conn in [*self._idle, *([self._finisher] if self._finisher is not None else [])]:
+            conn.disconnect()
+        self._idle, self._finisher = [], None
+        try:
+            self.client.close()
+        except Exception:
+            pass
