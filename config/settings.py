@@ -130,6 +130,14 @@ class SettingsSchema(Schema):
     max_body_mb = fields.Float(data_key="MAX_REQUEST_BODY_MB", validate=validate.Range(min=0.001, error="must be a positive number"),
                                error_messages={"invalid": "must be a number"})
     client_setup_dir = fields.String(data_key="CLIENT_SETUP_DIR", validate=validate.Length(min=1))
+    # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
+    upstream_profile = fields.String(data_key="UPSTREAM_PROFILE", validate=validate.OneOf(
+        ["auto", "openai", "openrouter", "deepseek", "github", "vllm", "llamacpp", "ollama", "generic"],
+        error="must be auto, openai, openrouter, deepseek, github, vllm, llamacpp, ollama or generic"))
+    server_tools = fields.String(data_key="SERVER_TOOLS", validate=validate.OneOf(
+        ["error", "drop"], error="must be 'error' or 'drop'"))
+    thinking_signing_key = fields.String(data_key="THINKING_SIGNING_KEY", validate=validate.Length(
+        min=16, error="must be at least 16 characters"))
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,10 @@ class Settings:
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
     client_setup_dir: str = "client-setup"
+    # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
+    upstream_profile: str = "auto"
+    server_tools: str = "error"
+    thinking_signing_key: str | None = field(default=None, repr=False)
 
     @property
     def max_body_bytes(self) -> int:
@@ -194,6 +206,9 @@ class Settings:
                 raw[f.data_key] = value.strip()
         if "LOG_LEVEL" in raw:
             raw["LOG_LEVEL"] = raw["LOG_LEVEL"].upper()
+        for name in ("UPSTREAM_PROFILE", "SERVER_TOOLS"):
+            if name in raw:
+                raw[name] = raw[name].lower()
         try:
             loaded = schema.load(raw)
         except ValidationError as exc:
