@@ -5,6 +5,7 @@ import json
 import logging
 import re
 from typing import Iterator
+from urllib.parse import urlsplit
 
 from app import logs
 from app.errors import ProxyError, invalid_request
@@ -16,8 +17,10 @@ from app.services.relay import (StreamBody, abandoned, read_error_body, stream_f
                                 with_keepalive)
 from app.services.upstream import close_quietly, iter_body
 from app.sse import SSEDecoder
+from app.services.thinking_key import ThinkingKey
 from app.translation.models import route
-from app.translation.request import UnsupportedContent, anthropic_to_openai
+from app.translation.profiles import select_profile
+from app.translation.request import Options, UnsupportedContent, anthropic_to_openai
 from app.translation.response import UpstreamFormatError, openai_to_anthropic
 from app.translation.stream import StreamTranslator, format_sse
 from app.translation.tokens import estimate_input_tokens
@@ -69,11 +72,15 @@ def encode_body(payload: dict) -> bytes:
 
 
 class Translator:
-    def __init__(self, settings, upstream, recorder) -> None:
+    def __init__(self, settings, upstream, recorder, thinking_key: ThinkingKey | None = None) -> None:
         self.settings = settings
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
+        # What the upstream takes and sends back (UPSTREAM_PROFILE, else chosen by the base URL's host).
+        self.profile = select_profile(getattr(settings, "upstream_profile", "auto"), settings.anthropic_proxy_base_url)
+        self.thinking_key = thinking_key or ThinkingKey(settings)
+        self._upstream_host = urlsplit(settings.anthropic_proxy_base_url).hostname or ""
         self.user_agent = f"claude-nexus-proxy/{__version__}"
         self._completion_tokens_models: set[str] = set()
 
@@ -89,8 +96,11 @@ class Translator:
                        reasoning_max_tokens=s.reasoning_max_tokens, completion_max_tokens=s.completion_max_tokens,
                        model_map=s.model_map)
         rec.model_used = chosen.model
+        signing_key = self.thinking_key.get()
+        options = Options(profile=self.profile, signing_key=signing_key,
+                          server_tools=getattr(s, "server_tools", "error"), upstream=self._upstream_host)
         try:
-            payload = anthropic_to_openai(body, chosen, stream=stream)
+            payload = anthropic_to_openai(body, chosen, stream=stream, options=options)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
         key = self._upstream_key(inc)
@@ -119,13 +129,13 @@ class Translator:
         model = rec.model_requested or chosen.model
         stop_sequences = body.get("stop_sequences") or ()
         if not stream:
-            return self._json(resp, rec, model, stop_sequences, started)
+            return self._json(resp, rec, model, stop_sequences, started, signing_key)
         translator = StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                      input_tokens=estimate_input_tokens(body))
+                                      input_tokens=estimate_input_tokens(body), signing_key=signing_key)
         body = StreamBody(self._stream(resp, translator, rec, started), abandoned(resp, rec, self.recorder, started))
         return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
 
-    def _json(self, resp, rec, model, stop_sequences, started) -> Reply:
+    def _json(self, resp, rec, model, stop_sequences, started, signing_key: bytes = b"") -> Reply:
         try:
             raw = resp.read()
         except Exception as exc:
@@ -137,7 +147,8 @@ class Translator:
             upstream_json = json.loads(raw)
             if not isinstance(upstream_json, dict):
                 raise UpstreamFormatError("Upstream answered with JSON that is not an object")
-            message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences)
+            message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences,
+                                          signing_key=signing_key)
         except (ValueError, UpstreamFormatError) as exc:
             raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
         logs.debug_response(rec.request_id, 200, {}, message)
@@ -145,6 +156,7 @@ class Translator:
         rec.input_tokens = usage.get("input_tokens") or 0
         rec.output_tokens = usage.get("output_tokens") or 0
         rec.cache_read_input_tokens = usage.get("cache_read_input_tokens") or 0
+        rec.cache_creation_input_tokens = usage.get("cache_creation_input_tokens") or 0
         tool_names = [b.get("name") for b in message["content"] if b.get("type") == "tool_use"]
         rec.tool_calls = len(tool_names)
         rec.tool_names = tool_names
@@ -202,6 +214,7 @@ class Translator:
             rec.input_tokens = translator.input_tokens
             rec.output_tokens = translator.output_tokens
             rec.cache_read_input_tokens = translator.cache_read_input_tokens
+            rec.cache_creation_input_tokens = translator.cache_creation_input_tokens
             rec.tool_calls = translator.tool_calls
             rec.tool_names = list(translator.tool_names)
             rec.assistant_text = translator.text
