@@ -5,7 +5,7 @@ Where it comes from, first match wins:
 2. With `DATABASE_URL` (PostgreSQL): a random key generated once and kept in the shared store
    (`nexus_credentials`, key `nexus:thinking-signing-key`), created under the store's lock so a fleet agrees.
 3. Otherwise: a random key in a file beside the SQLite usage database (`<dir of USAGE_DB_PATH>/thinking-signing-key`,
-   mode 0600), created with O_EXCL so the workers of one host agree.
+   mode 0600), created with O_EXCL so the workers of one host agree (an in-memory database: a per-process key).
 If the store or the file cannot be used, a per-process key is used until it can (logged once): signatures made
 meanwhile are not recognised by other processes, so that thinking is dropped on its way back, nothing fails.
 """
@@ -72,6 +72,9 @@ class ThinkingKey:
 
     def _from_file(self) -> bytes:
         db_path = getattr(self._settings, "usage_db_path", "data/usage.sqlite3")
+        if db_path == ":memory:" or db_path.startswith("file:"):
+            # An in-memory store lives in one process: so does its key.
+            return secrets.token_bytes(32)
         path = os.path.join(os.path.dirname(os.path.abspath(db_path)), FILE_NAME)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         value = secrets.token_hex(32)

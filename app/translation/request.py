@@ -10,6 +10,7 @@ from typing import Any
 from dataclasses import dataclass
 
 from app.conversation import session_id
+from app.jsonenc import compact
 
 from .models import Route
 from .profiles import PROFILES, Profile
@@ -30,8 +31,6 @@ _DEFAULT_PDF_NAME = "document.pdf"
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # what OpenAI takes as json_schema.name
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 _UPSTREAM = "cannot be sent to an OpenAI-compatible upstream"
-# One encoder for all tool arguments: json.dumps(..., separators=...) builds a new encoder per call.
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class UnsupportedContent(ValueError):
@@ -312,7 +311,7 @@ class _Conversation:
                     "type": "function",
                     "function": {
                         "name": name,
-                        "arguments": _compact_json({} if args is None else args),
+                        "arguments": compact({} if args is None else args),
                     },
                 })
             elif kind in _DROPPED_BLOCKS:
@@ -538,7 +537,7 @@ def _response_format(body: dict, profile: Profile, messages: list[dict]) -> dict
     if profile.structured_output == "json_object":
         # JSON mode only (DeepSeek): the schema goes into the prompt, which must also say "json".
         instruction = ("Respond with a single JSON object, and nothing else, that matches this JSON Schema:\n"
-                       + _compact_json(cleaned))
+                       + compact(cleaned))
         messages.append({"role": "system", "content": instruction})
         return {"type": "json_object"}
     name = spec.get("name")
