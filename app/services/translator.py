@@ -23,7 +23,7 @@ from app.translation.profiles import select_profile
 from app.translation.request import Options, UnsupportedContent, anthropic_to_openai
 from app.translation.response import UpstreamFormatError, openai_to_anthropic
 from app.translation.stream import StreamTranslator
-from app.translation.tokens import estimate_input_tokens
+from app.translation.tokens import count_input_tokens, estimate_input_tokens
 from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
 from app.usage import Usage, apply_usage, classify_request, usage_from_message
 from config.settings import Settings
@@ -172,7 +172,7 @@ class Translator:
         rec = inc.record
         body = _read_request(inc, validate_count_tokens_request)
         rec.status = 200
-        return json_reply(200, {"input_tokens": estimate_input_tokens(body)},
+        return json_reply(200, {"input_tokens": count_input_tokens(body)},
                           on_close=lambda: self.recorder.finish(rec))
 
     def _upstream_key(self, inc: Incoming) -> str:
