@@ -484,7 +484,10 @@ def _tools(tools: Any, tool_choice: Any, opts: Options) -> tuple[list[dict], dic
         if not isinstance(tool, dict):
             continue
         name = tool.get("name")
-        if is_server_tool(tool):
+        schema = tool.get("input_schema")
+        if isinstance(schema, dict) and isinstance(name, str):
+            pass  # a function tool (the usual case: checked first, it is every tool Claude Code sends)
+        elif is_server_tool(tool):
             kind = tool["type"]
             if kind.startswith(_WEB_SEARCH_PREFIX) and opts.profile.web_search_plugin:
                 web_plugin = {"id": "web"}
@@ -500,8 +503,7 @@ def _tools(tools: Any, tool_choice: Any, opts: Options) -> tuple[list[dict], dic
             log.info("translation: dropping server tool %r (type %r): the upstream cannot run it", name, kind)
             dropped.append(name if isinstance(name, str) else kind)
             continue
-        schema = tool.get("input_schema")
-        if not isinstance(schema, dict) or not isinstance(name, str):
+        else:
             # Anthropic client tools without a schema (bash_20250124, text_editor_...): nothing to describe.
             log.debug("translation: skipping tool %r (type %r) without input_schema", name, tool.get("type"))
             continue
