@@ -391,3 +391,22 @@ def test_web_search_uses_the_openrouter_web_plugin(proxies, fake):
     assert "https://example.com/result" in reply.content[-1].text
     sent = chat_posts(fake)[0]["body"]
     assert sent["plugins"] == [{"id": "web", "max_results": 5}] and "tools" not in sent
+
+
+def test_every_process_recognises_the_thinking_signature(start_proxy, fake_upstream_server, fake, tmp_path):
+    """Two proxy processes with one data dir (two servers of one host): thinking signed by the first is
+    verified by the second, because the key is generated once and kept beside the usage database."""
+    env = _env(fake_upstream_server, "deepseek", "deepseek-reasoner", USAGE_DB_PATH=str(tmp_path / "usage.sqlite3"))
+    one, two = start_proxy(env), start_proxy(env, workers=2)
+    with sdk(one) as first_client, sdk(two) as second_client:
+        params = dict(model=MODEL, max_tokens=4096, tools=[READ_TOOL], thinking={"type": "enabled", "budget_tokens": 2048})
+        history = [{"role": "user", "content": "What is the first word of /tmp/x.txt?"}]
+        first = first_client.messages.create(messages=history, **params)
+        call = next(b for b in first.content if b.type == "tool_use")
+        history += [{"role": "assistant", "content": as_params(first.content)},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Fig"}]}]
+        second = second_client.messages.create(messages=history, **params)
+    assert "Fig" in second.content[-1].text
+    assistant = next(m for m in chat_posts(fake)[1]["body"]["messages"] if m["role"] == "assistant")
+    assert assistant["reasoning_content"] == THINKING_TEXT
+    assert (tmp_path / "thinking-signing-key").stat().st_mode & 0o077 == 0
