@@ -465,6 +465,8 @@ def _merge(prev: dict, message: dict) -> None:
         prev["content"] = la + lb
     if "tool_calls" in message:
         prev["tool_calls"] = prev.get("tool_calls", []) + message["tool_calls"]
+    if "reasoning_content" in message:  # both halves' reasoning stays with the merged tool calls
+        prev["reasoning_content"] = prev.get("reasoning_content", "") + message["reasoning_content"]
 
 
 def is_server_tool(tool: Any) -> bool:

@@ -321,3 +321,16 @@ def test_cache_usage_dialects_map_to_anthropic(usage, expected):
     assert (st.input_tokens, st.cache_read_input_tokens, st.cache_creation_input_tokens) == (
         expected["input_tokens"], expected.get("cache_read_input_tokens", 0),
         expected.get("cache_creation_input_tokens", 0))
+
+
+def test_merged_assistant_messages_keep_both_reasonings():
+    a = {"type": "thinking", "thinking": "first. ", "signature": sign_thinking_text("first. ", KEY)}
+    b = {"type": "thinking", "thinking": "second.", "signature": sign_thinking_text("second.", KEY)}
+    call2 = dict(CALL, id="toolu_2")
+    out = convert("deepseek", [{"role": "user", "content": "go"},
+                               {"role": "assistant", "content": [a, CALL]},
+                               {"role": "assistant", "content": [b, call2]},
+                               {"role": "user", "content": [RESULT, dict(RESULT, tool_use_id="toolu_2")]}],
+                  tools=[TOOL])
+    assistant = out["messages"][1]
+    assert assistant["reasoning_content"] == "first. second." and len(assistant["tool_calls"]) == 2
