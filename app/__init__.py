@@ -66,7 +66,9 @@ class Services:
         self.dashboard_auth = DashboardAuth(dashboard_secret)
         self.dashboard = DashboardService(self.storage, self.accounting, self.credentials, settings)
         self.dashboard.key_usage = self.client_keys.store.usage_by_key
-        self.translator = Translator(settings, self.upstream, self.recorder)
+        from .services.thinking_key import ThinkingKey
+
+        self.translator = Translator(settings, self.upstream, self.recorder, ThinkingKey(settings, store))
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
 

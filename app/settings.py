@@ -161,6 +161,14 @@ class SettingsSchema(Schema):
     rate_limit_state_path = fields.String(data_key="RATE_LIMIT_STATE_PATH", validate=validate.Length(min=1))
     keys_refresh_interval = fields.Float(data_key="KEYS_REFRESH_INTERVAL", validate=validate.Range(
         min=0.1, max=5, error="must be between 0.1 and 5 seconds"), error_messages={"invalid": "must be a number"})
+    # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
+    upstream_profile = fields.String(data_key="UPSTREAM_PROFILE", validate=validate.OneOf(
+        ["auto", "openai", "openrouter", "deepseek", "github", "vllm", "llamacpp", "ollama", "generic"],
+        error="must be auto, openai, openrouter, deepseek, github, vllm, llamacpp, ollama or generic"))
+    server_tools = fields.String(data_key="SERVER_TOOLS", validate=validate.OneOf(
+        ["error", "drop"], error="must be 'error' or 'drop'"))
+    thinking_signing_key = fields.String(data_key="THINKING_SIGNING_KEY", validate=validate.Length(
+        min=16, error="must be at least 16 characters"))
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,10 @@ class Settings:
     rate_limit_fail: str = "open"
     rate_limit_state_path: str | None = None  # default: limits.sqlite3 beside USAGE_DB_PATH
     keys_refresh_interval: float = 2.0
+    # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
+    upstream_profile: str = "auto"
+    server_tools: str = "error"
+    thinking_signing_key: str | None = field(default=None, repr=False)
 
     @property
     def max_body_bytes(self) -> int:
@@ -241,6 +253,9 @@ class Settings:
                 raw[f.data_key] = value.strip()
         if "LOG_LEVEL" in raw:
             raw["LOG_LEVEL"] = raw["LOG_LEVEL"].upper()
+        for name in ("UPSTREAM_PROFILE", "SERVER_TOOLS"):
+            if name in raw:
+                raw[name] = raw[name].lower()
         try:
             loaded = schema.load(raw)
         except ValidationError as exc:

@@ -13,14 +13,17 @@ from .recording import Recorder, last_user_text
 from .relay import read_error_body, relay_stream, stream_failure, upstream_http_error
 from .upstream import UpstreamClient, close_quietly
 from ..sse import SSEDecoder
+from .thinking_key import ThinkingKey
 from ..translation.models import ModelRouter
-from ..translation.request import UnsupportedContent, anthropic_to_openai
+from ..translation.profiles import select_profile
+from ..translation.request import Options, UnsupportedContent, anthropic_to_openai
 from ..translation.response import UpstreamFormatError, openai_to_anthropic
 from ..translation.stream import StreamTranslator
-from ..translation.tokens import estimate_input_tokens
+from ..translation.tokens import count_input_tokens, estimate_input_tokens
 from ..translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
 from ..usage import Usage, apply_usage, classify_request, usage_from_message
 from ..settings import Settings
+
 
 def encode_body(payload: dict) -> bytes:
     """The upstream body; a lone UTF-16 surrogate (not Unicode, and refused by every upstream) is a 400."""
@@ -34,12 +37,16 @@ def encode_body(payload: dict) -> bytes:
 
 
 class Translator:
-    def __init__(self, settings: Settings, upstream: UpstreamClient, recorder: Recorder) -> None:
+    def __init__(self, settings: Settings, upstream: UpstreamClient, recorder: Recorder,
+                 thinking_key: ThinkingKey | None = None) -> None:
         self.settings = settings
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
         self.upstream_host = upstream_host(self.url)
+        # What the upstream takes and sends back (UPSTREAM_PROFILE, else chosen by the base URL's host).
+        self.profile = select_profile(settings.upstream_profile, settings.anthropic_proxy_base_url)
+        self.thinking_key = thinking_key or ThinkingKey(settings)
         self.router = ModelRouter(settings.reasoning_model, settings.completion_model, settings.reasoning_max_tokens,
                                   settings.completion_max_tokens, settings.model_map)
         self._completion_tokens_models: set[str] = set()
@@ -54,8 +61,11 @@ class Translator:
         rec.stream = stream
         chosen = self.router.route(body)
         rec.model_used = chosen.model
+        signing_key = self.thinking_key.get()
+        options = Options(profile=self.profile, signing_key=signing_key, server_tools=self.settings.server_tools,
+                          upstream=self.upstream_host)
         try:
-            payload = anthropic_to_openai(body, chosen, stream=stream)
+            payload = anthropic_to_openai(body, chosen, stream=stream, options=options)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
         key = self._upstream_key(inc)
@@ -66,9 +76,9 @@ class Translator:
         model = rec.model_requested or chosen.model
         stop_sequences = body.get("stop_sequences") or ()
         if not stream:
-            return self._json(resp, rec, model, stop_sequences)
+            return self._json(resp, rec, model, stop_sequences, signing_key)
         plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                                 input_tokens=estimate_input_tokens(body),
+                                                 input_tokens=estimate_input_tokens(body), signing_key=signing_key,
                                                  upstream_host=self.upstream_host),
                                 self.settings.max_sse_event_bytes)
         rec.status = 200
@@ -96,7 +106,7 @@ class Translator:
             error = read_error_body(resp)
         raise upstream_http_error(resp.status, error, resp.headers, self.upstream_host)
 
-    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences) -> Reply:
+    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences, signing_key: bytes = b"") -> Reply:
         try:
             raw = resp.read()
         except Exception as exc:
@@ -108,7 +118,8 @@ class Translator:
             upstream_json = jsoncodec.loads_lenient(raw)
             if not isinstance(upstream_json, dict):
                 raise UpstreamFormatError("Upstream answered with JSON that is not an object")
-            message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences)
+            message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences,
+                                          signing_key=signing_key)
         except (ValueError, UpstreamFormatError) as exc:
             raise ProxyError(502, from_upstream(self.upstream_host, f"answered with an unusable body: {exc}"),
                              "api_error") from None
@@ -122,7 +133,7 @@ class Translator:
         rec = inc.record
         body = _read_request(inc, validate_count_tokens_request)
         rec.status = 200
-        return json_reply(200, {"input_tokens": estimate_input_tokens(body)},
+        return json_reply(200, {"input_tokens": count_input_tokens(body)},
                           on_close=lambda: self.recorder.finish(rec))
 
     def _upstream_key(self, inc: Incoming) -> str:

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 from ..errors import upstream_error_text
 
+from .thinking import sign_thinking_text
+
 _FINISH = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -82,36 +84,91 @@ def map_stop_reason(
 
 
 def map_usage(usage: Any, fallback_input_tokens: int = 0) -> dict:
-    """Anthropic usage from OpenAI usage.
+    """Anthropic usage from OpenAI-style usage, whichever cache dialect the upstream speaks.
 
-    Anthropic's input_tokens excludes cache reads, OpenAI's prompt_tokens includes them, so
-    input_tokens = prompt_tokens - cached and cache_read_input_tokens = cached (only when reported).
+    Anthropic counts cache reads and cache writes apart from `input_tokens`; OpenAI-style `prompt_tokens`
+    includes both, so input_tokens = prompt_tokens - read - written. The cache fields appear only when the
+    upstream reported them.
     """
     if not isinstance(usage, dict):
         return {"input_tokens": fallback_input_tokens, "output_tokens": 0}
-    prompt = _int(usage.get("prompt_tokens"))
+    prompt = prompt_tokens(usage)
     completion = _int(usage.get("completion_tokens"))
     cached = cached_tokens(usage)
+    written = cache_write_tokens(usage)
     out = {
-        "input_tokens": max(prompt - (cached or 0), 0) if prompt is not None else fallback_input_tokens,
+        "input_tokens": max(prompt - (cached or 0) - (written or 0), 0) if prompt is not None
+        else fallback_input_tokens,
         "output_tokens": completion or 0,
     }
     if cached is not None:
         out["cache_read_input_tokens"] = cached
+    if written is not None:
+        out["cache_creation_input_tokens"] = written
     return out
 
 
+def prompt_tokens(usage: dict) -> int | None:
+    """All prompt tokens (cached included); DeepSeek's hit + miss when prompt_tokens is missing."""
+    prompt = _int(usage.get("prompt_tokens"))
+    if prompt is None:
+        hit, miss = _int(usage.get("prompt_cache_hit_tokens")), _int(usage.get("prompt_cache_miss_tokens"))
+        if hit is not None and miss is not None:
+            prompt = hit + miss
+    return prompt
+
+
 def cached_tokens(usage: dict) -> int | None:
+    """Prompt tokens read from the cache, in any of the dialects (docs/upstreams.md), else None."""
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict):
-        cached = _int(details.get("cached_tokens"))
+        cached = _int(details.get("cached_tokens"))  # OpenAI, OpenRouter, GitHub, vLLM, llama.cpp
         if cached is not None:
             return cached
-    return _int(usage.get("prompt_cache_hit_tokens"))  # DeepSeek's name for it
+    cached = _int(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
+    if cached is not None:
+        return cached
+    return _int(usage.get("cache_read_input_tokens"))  # gateways that pass Anthropic's names through
+
+
+def cache_write_tokens(usage: dict) -> int | None:
+    """Prompt tokens written to the cache (OpenRouter for Anthropic/Gemini models), else None."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        written = _int(details.get("cache_write_tokens"))
+        if written is not None:
+            return written
+    for key in ("cache_creation_input_tokens", "cache_write_tokens"):
+        written = _int(usage.get(key))
+        if written is not None:
+            return written
+    return None
 
 
 def _int(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
+
+
+MAX_CITATIONS = 20
+
+
+def collect_citations(annotations: Any, into: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(url, title) of `url_citation` annotations (OpenRouter's web plugin), added to `into` once each."""
+    if isinstance(annotations, list):
+        for item in annotations:
+            cite = item.get("url_citation") if isinstance(item, dict) else None
+            url = cite.get("url") if isinstance(cite, dict) else None
+            if isinstance(url, str) and url and len(into) < MAX_CITATIONS and all(u != url for u, _ in into):
+                title = cite.get("title")
+                into.append((url, title if isinstance(title, str) and title else url))
+    return into
+
+
+def citation_text(citations: list[tuple[str, str]]) -> str:
+    """The sources a web search used, as text after the answer: a search never comes back without them."""
+    if not citations:
+        return ""
+    return "\n\nSources:\n" + "\n".join(f"- [{title}]({url})" for url, title in citations)
 
 
 def _text_of(content: Any) -> str:
@@ -129,11 +186,14 @@ def openai_to_anthropic(
     message_id: str | None = None,
     stop_sequences: Sequence[str] = (),
     input_tokens: int = 0,
+    signing_key: bytes = b"",
 ) -> dict:
     """The Anthropic message for a non-streaming chat completion.
 
     `model` is the model the client asked for; `input_tokens` is used only when the upstream
-    reports no usage. Raises UpstreamFormatError for an error body or one without choices.
+    reports no usage. Reasoning becomes a thinking block signed with `signing_key` (the proxy's own
+    signature, app/translation/thinking.py; empty without a key). Raises UpstreamFormatError for an
+    error body or one without choices.
     """
     if not isinstance(resp, dict):
         raise UpstreamFormatError("Upstream response is not a JSON object")
@@ -150,8 +210,9 @@ def openai_to_anthropic(
     content: list[dict] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = _text_of(message.get("content"))
+        signature = sign_thinking_text(reasoning, signing_key) if signing_key else ""
+        content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
+    text = _text_of(message.get("content")) + citation_text(collect_citations(message.get("annotations"), []))
     if text:
         content.append({"type": "text", "text": text})
     calls = message.get("tool_calls")

@@ -25,7 +25,9 @@ from ..errors import error_type_for_upstream, from_upstream, sse_error_event, up
 from ..jsoncodec import dumps_lenient
 from ..usage import TEXT_CAP, Usage
 
-from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id
+from .response import (cache_write_tokens, cached_tokens, citation_text, collect_citations, map_stop_reason,
+                       new_message_id, new_tool_id, prompt_tokens)
+from .thinking import ThinkingSigner
 
 _TEXT, _THINKING = "text", "thinking"  # block keys; tool-call keys are their OpenAI index (int)
 
@@ -85,10 +87,14 @@ class StreamTranslator:
 
     def __init__(
         self, *, model: str, message_id: str | None = None, stop_sequences: Sequence[str] = (), input_tokens: int = 0,
+        signing_key: bytes = b"",
         upstream_host: str = "(unknown)",
     ) -> None:
         self.model = model
         self.upstream_host = upstream_host  # named in an error the upstream reports mid-stream
+        self._signing_key = signing_key
+        self._signer: ThinkingSigner | None = None  # of the open thinking block
+        self._citations: list[tuple[str, str]] = []  # web-plugin sources, sent after the answer
         self.message_id = message_id or new_message_id()
         self.stop_sequences = tuple(stop_sequences)
         self._estimate = input_tokens
@@ -166,6 +172,8 @@ class StreamTranslator:
         out: list[bytes] = []
         if not self._started:
             out.append(self.start())
+        if self._citations:
+            self._route(_TEXT, citation_text(self._citations), out)
         for tool in self._tools.values():
             if not tool.opened and tool.name is None:
                 tool.name = ""  # never named: still shown, so the client reports an unknown tool
@@ -192,6 +200,8 @@ class StreamTranslator:
             usage["input_tokens"] = self.input_tokens
             if cached_tokens(self._usage) is not None:
                 usage["cache_read_input_tokens"] = self.cache_read_input_tokens
+            if cache_write_tokens(self._usage) is not None:
+                usage["cache_creation_input_tokens"] = self.cache_creation_input_tokens
         out.append(format_sse("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason, "stop_sequence": stop_sequence},
@@ -214,19 +224,21 @@ class StreamTranslator:
 
     def usage(self) -> Usage:
         """What the stream has used and said so far; an error it sent is reported with it."""
-        return Usage(self.input_tokens, self.output_tokens, 0, self.cache_read_input_tokens, self.tool_names,
+        return Usage(self.input_tokens, self.output_tokens, self.cache_creation_input_tokens,
+                     self.cache_read_input_tokens, self.tool_names,
                      self.text, (self.error_type or "api_error") if self._failed else None, self.error_message)
 
     @property
     def _usage_reported(self) -> bool:
-        return self._usage is not None and type(self._usage.get("prompt_tokens")) is int
+        return self._usage is not None and prompt_tokens(self._usage) is not None
 
     @property
     def input_tokens(self) -> int:
-        """Upstream prompt tokens minus cache reads when reported, else the estimate given at start."""
+        """Upstream prompt tokens minus cache reads and writes when reported, else the estimate given at start."""
         if not self._usage_reported:
             return self._estimate
-        return max(self._usage["prompt_tokens"] - self.cache_read_input_tokens, 0)
+        total = prompt_tokens(self._usage) or 0
+        return max(total - self.cache_read_input_tokens - self.cache_creation_input_tokens, 0)
 
     @property
     def output_tokens(self) -> int:
@@ -239,6 +251,11 @@ class StreamTranslator:
     def cache_read_input_tokens(self) -> int:
         """Cached prompt tokens the upstream reported (0 when it reported none)."""
         return (cached_tokens(self._usage) or 0) if self._usage is not None else 0
+
+    @property
+    def cache_creation_input_tokens(self) -> int:
+        """Prompt tokens the upstream reported writing to its cache (0 when it reported none)."""
+        return (cache_write_tokens(self._usage) or 0) if self._usage is not None else 0
 
     @property
     def tool_calls(self) -> int:
@@ -289,6 +306,9 @@ class StreamTranslator:
             for call in calls:
                 if isinstance(call, dict):
                     self._tool_delta(call, out)
+        annotations = delta.get("annotations")
+        if annotations is not None:
+            collect_citations(annotations, self._citations)
 
     def _tool_delta(self, call: dict, out: list[bytes]) -> None:
         key = call.get("index")
@@ -385,6 +405,10 @@ class StreamTranslator:
                 self._text_len += len(piece)
         elif key == _THINKING:
             out.append(_delta_event(self._index, "thinking_delta", "thinking", fragment))
+            if self._signing_key:
+                if self._signer is None:
+                    self._signer = ThinkingSigner(self._signing_key)
+                self._signer.add(fragment)
         else:
             self._tools[key].args.append(fragment)
             out.append(_delta_event(self._index, "input_json_delta", "partial_json", fragment))
@@ -394,8 +418,14 @@ class StreamTranslator:
         if key is None:
             return
         if key == _THINKING:
-            # The real API ends every thinking block with its signature; there is none here.
-            signature = {"type": "signature_delta", "signature": ""}
+            # The real API ends every thinking block with its signature: here the proxy's own, over the
+            # block's text, so the next turn can give this reasoning back to the upstream.
+            if self._signing_key:
+                sig = (self._signer or ThinkingSigner(self._signing_key)).signature()
+            else:
+                sig = ""
+            self._signer = None
+            signature = {"type": "signature_delta", "signature": sig}
             out.append(format_sse(
                 "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": signature}
             ))

@@ -14,6 +14,9 @@ It prints exactly one line ``PORT <n>`` on stdout once listening. Endpoints (``<
 - ``POST <prefix>/v1/oauth/token``               OAuth refresh with rotation
 - ``/_fake/...``                                 the control API (see ``_control``)
 
+``/profile/<name>`` before an OpenAI path emulates that upstream (tests/fakes/profiles.py): it refuses what
+that upstream refuses and answers in its dialect (reasoning field, cache usage, structured output, PDFs).
+
 Without a scripted response queued, requests are answered by a tiny "scripted model" (see
 ``plan_anthropic`` / ``plan_openai``) that calls a Read tool when asked about a file and quotes the
 first word of the tool result when it comes back.
@@ -42,6 +45,11 @@ import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+try:
+    from tests.fakes import profiles as upstream_profiles
+except ImportError:  # pragma: no cover - run as a script from another directory
+    import profiles as upstream_profiles  # type: ignore[no-redef]
+
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 HELLO_TEXT = "Hello from the fake upstream."
@@ -59,6 +67,7 @@ _ENDPOINTS = (  # longest first: suffix match
     "/v1/models",
 )
 _ENDPOINT_ALIAS = {"/v1/chat/completions": "/chat/completions"}
+_PROFILE_RE = re.compile(r"^/profile/([a-z]+)/")
 _ANTHROPIC_ENDPOINTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/models")
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -98,6 +107,7 @@ class FakeState:
         self.oauth_serial = 0
         self.compress = False
         self.bench_requests = 0
+        self.cache = upstream_profiles.CacheMemory()
         old = getattr(self, "release", None)
         self.release = gevent.event.Event()
         if old is not None:
@@ -298,6 +308,10 @@ def openai_chunks(completion: dict, include_usage: bool) -> list[dict]:
     choice = completion["choices"][0]
     message = choice["message"]
     chunks = [chunk({"role": "assistant", "content": ""})]
+    reasoning = upstream_profiles.reasoning_of(message)
+    if reasoning:
+        for piece in _split(reasoning[1], 3):
+            chunks.append(chunk({reasoning[0]: piece}))
     if message.get("tool_calls"):
         call = message["tool_calls"][0]
         chunks.append(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
@@ -307,6 +321,8 @@ def openai_chunks(completion: dict, include_usage: bool) -> list[dict]:
     else:
         for piece in _split(message["content"], 3):
             chunks.append(chunk({"content": piece}))
+    if message.get("annotations"):
+        chunks.append(chunk({"annotations": message["annotations"]}))
     chunks.append(chunk({}, choice["finish_reason"]))
     if include_usage:
         chunks.append(dict(base, choices=[], usage=completion["usage"]))
@@ -496,6 +512,11 @@ class FakeApp:
         if endpoint in _ANTHROPIC_ENDPOINTS and state.valid_tokens and not ctx.authorized():
             return ctx.json(401, {"type": "error", "error": {"type": "authentication_error",
                                                              "message": "invalid x-api-key"}})
+        if endpoint == "/chat/completions" and method == "POST" and isinstance(ctx.parsed, dict):
+            profile = _profile_of(ctx)
+            refused = upstream_profiles.refusal(profile, ctx.parsed) if profile else None
+            if refused is not None:
+                return ctx.json(*refused)  # as the real upstream: before anything scripted
         queue = state.scripts.get(endpoint)
         if queue:
             return self._scripted(ctx, queue.popleft(), method)
@@ -634,7 +655,10 @@ class FakeApp:
         tokens = len(ctx.raw) // 4
         openai = endpoint == "/chat/completions"
         if openai:
+            profile = _profile_of(ctx)
             completion = openai_completion(req, plan_openai(req), tokens, msg_id)
+            if profile is not None:
+                completion = upstream_profiles.shape(profile, req, completion, self.state.cache)
             if not req.get("stream"):
                 return ctx.send(200, _dumps(completion).encode(), "application/json", True, headers)
             usage = bool((req.get("stream_options") or {}).get("include_usage"))
@@ -665,6 +689,12 @@ class FakeApp:
             state.valid_tokens.add(access)
         return ctx.json(200, {"token_type": "Bearer", "access_token": access, "expires_in": 3600,
                               "refresh_token": state.refresh_token, "scope": "user:inference user:profile"})
+
+
+def _profile_of(ctx: "_Ctx") -> str | None:
+    """The upstream a `/profile/<name>/...` path emulates, else None."""
+    match = _PROFILE_RE.match(ctx.environ.get("PATH_INFO") or "")
+    return match.group(1) if match and match.group(1) in upstream_profiles.PROFILES else None
 
 
 def _paced(pieces: list[bytes], spec: dict) -> Iterator[bytes]:
