@@ -7,7 +7,7 @@ import re
 from typing import Iterator
 
 from app import logs
-from app.errors import ProxyError, invalid_request
+from app.errors import ProxyError, invalid_request, status_for_error_type
 from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
 from app.masking import mask_secret
 from app.services.access import presented_key
@@ -16,9 +16,13 @@ from app.services.relay import (StreamBody, abandoned, read_error_body, stream_f
                                 with_keepalive)
 from app.services.upstream import close_quietly, iter_body
 from app.sse import SSEDecoder
-from app.translation.models import route
+from app.translation import thinking
+from app.translation.models import route, upstream_api
 from app.translation.request import UnsupportedContent, anthropic_to_openai
 from app.translation.response import UpstreamFormatError, openai_to_anthropic
+from app.translation.responses_request import anthropic_to_responses
+from app.translation.responses_response import ResponseFailed, responses_to_anthropic
+from app.translation.responses_stream import ResponsesStreamTranslator
 from app.translation.stream import StreamTranslator, format_sse
 from app.translation.tokens import estimate_input_tokens
 from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
@@ -74,6 +78,8 @@ class Translator:
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
+        self.responses_url = settings.anthropic_proxy_base_url.rstrip("/") + "/responses"
+        self.signing_key = thinking.signing_key(settings)
         self.user_agent = f"claude-nexus-proxy/{__version__}"
         self._completion_tokens_models: set[str] = set()
 
@@ -89,8 +95,12 @@ class Translator:
                        reasoning_max_tokens=s.reasoning_max_tokens, completion_max_tokens=s.completion_max_tokens,
                        model_map=s.model_map)
         rec.model_used = chosen.model
+        api = self.api_for(body)
         try:
-            payload = anthropic_to_openai(body, chosen, stream=stream)
+            if api == "responses":
+                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=self.signing_key)
+            else:
+                payload = anthropic_to_openai(body, chosen, stream=stream)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
         key = self._upstream_key(inc)
@@ -102,6 +112,8 @@ class Translator:
             "accept": "text/event-stream" if stream else "application/json",
             "user-agent": self.user_agent,
         }
+        if api == "responses":
+            return self._responses(body, payload, headers, rec, stream, started)
         if chosen.model in self._completion_tokens_models:
             _use_max_completion_tokens(payload)
         logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
@@ -204,6 +216,103 @@ class Translator:
             rec.cache_read_input_tokens = translator.cache_read_input_tokens
             rec.tool_calls = translator.tool_calls
             rec.tool_names = list(translator.tool_names)
+            rec.assistant_text = translator.text
+            if translator.failed and rec.error_type is None:
+                rec.error_type = translator.error_type or "api_error"
+                rec.error_message = translator.error_message
+            self.recorder.finish(rec, started)
+
+    def api_for(self, body: dict, upstream=None) -> str:
+        """The upstream API for this request ("chat" or "responses"); `upstream` is an upstream entry."""
+        s = self.settings
+        return upstream_api(body.get("model"), model_map=s.model_map, model_apis=s.model_apis,
+                            default=s.upstream_api, upstream=upstream)
+
+    # -- the Responses API ------------------------------------------------------------------------
+    def _responses(self, body: dict, payload: dict, headers: dict, rec, stream: bool, started: float) -> Reply:
+        logs.debug_outgoing(rec.request_id, self.responses_url, headers, payload, "API Key")
+        resp = self.upstream.send("POST", self.responses_url, headers, encode_body(payload))
+        if resp.status >= 400:
+            raise upstream_http_error(resp.status, read_error_body(resp), resp.headers)
+        model = rec.model_requested or rec.model_used
+        estimate = estimate_input_tokens(body)
+        if not stream:
+            return self._responses_json(resp, rec, model, estimate, started)
+        translator = ResponsesStreamTranslator(model=model, signing_key=self.signing_key, input_tokens=estimate)
+        gen = self._responses_stream(resp, translator, rec, started)
+        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)],
+                     StreamBody(gen, abandoned(resp, rec, self.recorder, started)), streaming=True)
+
+    def _responses_json(self, resp, rec, model: str, estimate: int, started: float) -> Reply:
+        try:
+            raw = resp.read()
+        except Exception as exc:
+            close_quietly(resp)
+            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            raise ProxyError(502, message, err_type) from None
+        close_quietly(resp, complete=True)
+        try:
+            upstream_json = json.loads(raw)
+            message = responses_to_anthropic(upstream_json, model=model, signing_key=self.signing_key,
+                                             input_tokens=estimate)
+        except ResponseFailed as exc:
+            raise ProxyError(status_for_error_type(exc.error_type), exc.message, exc.error_type) from None
+        except (ValueError, UpstreamFormatError) as exc:
+            raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
+        logs.debug_response(rec.request_id, 200, {}, message)
+        usage = message["usage"]
+        rec.input_tokens = usage.get("input_tokens") or 0
+        rec.output_tokens = usage.get("output_tokens") or 0
+        rec.cache_read_input_tokens = usage.get("cache_read_input_tokens") or 0
+        tool_names = [b.get("name") for b in message["content"] if b.get("type") == "tool_use"]
+        rec.tool_calls = len(tool_names)
+        rec.tool_names = tool_names
+        rec.assistant_text = "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")[:4000]
+        rec.status = 200
+        return json_reply(200, message, [("request-id", rec.request_id)],
+                          on_close=lambda: self.recorder.finish(rec, started))
+
+    def _responses_stream(self, resp, translator: ResponsesStreamTranslator, rec, started: float) -> Iterator[bytes]:
+        """Relay a Responses stream; it ends with a terminal event (completed, incomplete, failed, error)."""
+        rec.status = 200
+        finished = False
+        debug = log.isEnabledFor(logging.DEBUG)
+        try:
+            decoder = SSEDecoder()
+            for chunk in with_keepalive(iter_body(resp), self.settings.ping_interval):
+                if chunk is None:
+                    # a keep-alive must not come before message_start
+                    yield PING if translator.started else translator.start()
+                    continue
+                if debug:
+                    logs.debug_chunk(rec.request_id, chunk)
+                for _event, data in decoder.feed(chunk):
+                    try:
+                        obj = json.loads(data)
+                    except ValueError:
+                        yield translator.error("api_error", "Upstream sent a malformed stream event")
+                        return
+                    out = translator.feed(obj)
+                    if out:
+                        yield out
+                    if translator.done:
+                        finished = not translator.failed
+                        return
+            yield translator.error("api_error", "Upstream stream ended before it was complete")
+        except GeneratorExit:
+            rec.error_type = rec.error_type or "client_disconnected"
+            raise
+        except Exception as exc:
+            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            rec.error_type, rec.error_message = err_type, message
+            yield translator.error(err_type, message)
+        finally:
+            close_quietly(resp, complete=finished)
+            rec.input_tokens = translator.input_tokens
+            rec.output_tokens = translator.output_tokens
+            rec.cache_read_input_tokens = translator.cache_read_input_tokens
+            rec.tool_calls = translator.tool_calls
+            rec.tool_names = translator.tool_names
             rec.assistant_text = translator.text
             if translator.failed and rec.error_type is None:
                 rec.error_type = translator.error_type or "api_error"

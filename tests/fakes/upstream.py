@@ -8,6 +8,7 @@ It prints exactly one line ``PORT <n>`` on stdout once listening. Endpoints (``<
 ``/bench/<chunks>/<first_byte_ms>/<gap_ms>`` for the benchmark's precomputed answers):
 
 - ``POST <prefix>/chat/completions``             OpenAI-compatible, JSON or SSE
+- ``POST <prefix>/responses``                    OpenAI Responses API, JSON or SSE (see tests.fakes.responses)
 - ``POST <prefix>/v1/messages``                  Anthropic, JSON or SSE
 - ``POST <prefix>/v1/messages/count_tokens``     ``{"input_tokens": n}``
 - ``GET  <prefix>/v1/models``                    a short model list
@@ -42,6 +43,8 @@ import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from tests.fakes import responses as responses_api
+
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 HELLO_TEXT = "Hello from the fake upstream."
@@ -54,11 +57,14 @@ _ENDPOINTS = (  # longest first: suffix match
     "/v1/messages/count_tokens",
     "/v1/chat/completions",
     "/chat/completions",
+    "/v1/responses",
+    "/responses",
     "/v1/oauth/token",
     "/v1/messages",
     "/v1/models",
 )
-_ENDPOINT_ALIAS = {"/v1/chat/completions": "/chat/completions"}
+_ENDPOINT_ALIAS = {"/v1/chat/completions": "/chat/completions", "/v1/responses": "/responses"}
+_OPENAI_ENDPOINTS = ("/chat/completions", "/responses")
 _ANTHROPIC_ENDPOINTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/models")
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -98,6 +104,9 @@ class FakeState:
         self.oauth_serial = 0
         self.compress = False
         self.bench_requests = 0
+        self.reasoning_issued: dict[str, str] = {}  # Responses API: reasoning item id -> encrypted content
+        self.reasoning_returned: list[str] = []  # ids of issued reasoning items that came back in an input
+        self.cache_prompts: dict[str, bytes] = {}  # prompt_cache_key -> the last request body under it
         old = getattr(self, "release", None)
         self.release = gevent.event.Event()
         if old is not None:
@@ -496,10 +505,19 @@ class FakeApp:
         if endpoint in _ANTHROPIC_ENDPOINTS and state.valid_tokens and not ctx.authorized():
             return ctx.json(401, {"type": "error", "error": {"type": "authentication_error",
                                                              "message": "invalid x-api-key"}})
+        if endpoint == "/responses" and method == "POST" and bench is None:
+            # the real API checks the request before anything else, scripted answers included
+            try:
+                responses_api.validate(ctx.parsed, state.reasoning_issued)
+            except responses_api.Invalid as exc:
+                return ctx.json(400, exc.body())
+            inp = ctx.parsed.get("input")
+            if isinstance(inp, list):
+                state.reasoning_returned.extend(i["id"] for i in inp if i.get("type") == "reasoning")
         queue = state.scripts.get(endpoint)
         if queue:
             return self._scripted(ctx, queue.popleft(), method)
-        if bench is not None and method == "POST" and endpoint in ("/chat/completions", "/v1/messages"):
+        if bench is not None and method == "POST" and endpoint in ("/chat/completions", "/v1/messages", "/responses"):
             return self._bench(ctx, bench)
         return self._model(ctx, method, {})
 
@@ -532,6 +550,8 @@ class FakeApp:
         elif path == "/_fake/stats":
             result = {"requests": len(state.requests), "bench_requests": state.bench_requests,
                       "scripts_left": {k: len(v) for k, v in state.scripts.items() if v}}
+        elif path == "/_fake/responses":
+            result = {"issued": dict(state.reasoning_issued), "returned": list(state.reasoning_returned)}
         elif path == "/_fake/health":
             pass
         else:
@@ -590,11 +610,13 @@ class FakeApp:
             _drop(ctx.environ)
         status = int(spec.get("status", 200))
         headers = {k.lower(): str(v) for k, v in (spec.get("headers") or {}).items()}
-        openai = ctx.endpoint == "/chat/completions"
+        openai = ctx.endpoint in _OPENAI_ENDPOINTS
+        if ctx.endpoint == "/responses":
+            self._remember_reasoning(spec)
         if "sse" in spec:
             pieces = [scripted_sse_item(item) for item in spec["sse"]]
             # stop_mid_event cuts the last listed event, so no [DONE] is added after it
-            if (openai and not spec.get("no_done") and not spec.get("stop_mid_event")
+            if (ctx.endpoint == "/chat/completions" and not spec.get("no_done") and not spec.get("stop_mid_event")
                     and not any(b"[DONE]" in p for p in pieces)):
                 pieces.append(b"data: [DONE]\n\n")
             return ctx.stream(_paced(pieces, spec), openai, status, headers, spec)
@@ -610,6 +632,46 @@ class FakeApp:
                 "application/json", openai, headers)
         return self._model(ctx, method, spec, headers)
 
+    def _remember_reasoning(self, spec: dict) -> None:
+        """Reasoning items in a scripted Responses answer count as issued (they may come back)."""
+        found: list[dict] = []
+        if isinstance(spec.get("json"), dict):
+            found.extend(spec["json"].get("output") or ())
+        for item in spec.get("sse") or ():
+            data = item.get("data") if isinstance(item, dict) and "event" in item else item
+            if isinstance(data, dict) and data.get("type") == "response.output_item.done":
+                found.append(data.get("item") or {})
+        for item in found:
+            if isinstance(item, dict) and item.get("type") == "reasoning" and item.get("encrypted_content"):
+                self.state.reasoning_issued[item["id"]] = item["encrypted_content"]
+
+    # -- the Responses API --------------------------------------------------------------------------
+
+    def _responses(self, ctx: "_Ctx", spec: dict, headers: dict | None) -> Iterable[bytes]:
+        req = ctx.parsed
+        state = self.state
+        items = responses_api.output_items(req, responses_api.plan(req))
+        for item in items:
+            if item["type"] == "reasoning" and "encrypted_content" in item:
+                state.reasoning_issued[item["id"]] = item["encrypted_content"]
+        tokens = len(ctx.raw) // 4
+        cached = 0
+        key = req.get("prompt_cache_key")
+        if isinstance(key, str):
+            before = state.cache_prompts.get(key, b"")
+            same = 0
+            for a, b in zip(before, ctx.raw):
+                if a != b:
+                    break
+                same += 1
+            cached = responses_api.cached_tokens(same // 4)
+            state.cache_prompts[key] = ctx.raw
+        response = responses_api.response_object(req, items, responses_api.usage_for(tokens, cached, items))
+        if not req.get("stream"):
+            return ctx.send(200, _dumps(response).encode(), "application/json", True, headers)
+        pieces = [sse_event(e["type"], e) for e in responses_api.stream_events(response)]
+        return ctx.stream(_paced(pieces, spec), True, 200, headers, spec)
+
     # -- the scripted model -------------------------------------------------------------------------
 
     def _model(self, ctx: "_Ctx", method: str, spec: dict, headers: dict | None = None) -> Iterable[bytes]:
@@ -622,6 +684,8 @@ class FakeApp:
             return ctx.json(200, {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]})
         if endpoint == "/v1/messages/count_tokens" and method == "POST":
             return ctx.json(200, {"input_tokens": len(ctx.raw) // 4})
+        if endpoint == "/responses" and method == "POST":
+            return self._responses(ctx, spec, headers)
         if endpoint not in ("/v1/messages", "/chat/completions") or method != "POST":
             return ctx.json(404, {"type": "error", "error": {"type": "not_found_error",
                                                             "message": "fake upstream: no route %s %s"
@@ -761,7 +825,7 @@ class _Ctx:
         return [body]
 
     def json(self, status: int, obj: Any) -> list[bytes]:
-        return self.send(status, _dumps(obj).encode(), "application/json", self.endpoint == "/chat/completions")
+        return self.send(status, _dumps(obj).encode(), "application/json", self.endpoint in _OPENAI_ENDPOINTS)
 
     def stream(self, pieces: Iterator[bytes], openai: bool, status: int = 200, extra: dict | None = None,
                spec: dict | None = None) -> Iterator[bytes]:
