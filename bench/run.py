@@ -274,12 +274,38 @@ def check_targets(rows: list[Row]) -> list[str]:
             out.append("%s: 1,000 concurrent streams on one worker: %d errors, +%.0f KB RSS per open stream "
                        "(target 0 errors, <= 64 KB) %s" % (mode, p.errors, per,
                                                            verdict(p.errors == 0 and per <= 64)))
-        if mode == "translation":
+        if mode in ("translation", "responses"):
             pair = both(mode, "json 200KB c=1")
             if pair:
                 added = pct(pair[1].lat, 50) - pct(pair[0].lat, 50)  # type: ignore[operator]
                 out.append("%s: added latency, 200KB conversation (JSON c=1): %.2f ms (target <= 10 ms) %s"
                            % (mode, added * 1000, verdict(added <= 0.010)))
+    out.extend(_responses_vs_chat(index))
+    return out
+
+
+def _responses_vs_chat(index: dict) -> list[str]:
+    """The Responses path may cost no more than the Chat Completions path: added latency and CPU per request,
+    case by case (within 5% or 0.05 ms, the run-to-run noise of one case on this machine)."""
+    out = []
+    for name in ("json 2KB c=1", "json 200KB c=1", "stream 2KB c=1", "stream 200KB c=1"):
+        sides = [index.get((m, name, s)) for m in ("translation", "responses") for s in ("direct", "proxy")]
+        if not all(sides) or not all(x.lat for x in sides):
+            continue
+        chat_d, chat_p, resp_d, resp_p = sides
+        chat = pct(chat_p.lat, 50) - pct(chat_d.lat, 50)  # type: ignore[operator]
+        resp = pct(resp_p.lat, 50) - pct(resp_d.lat, 50)  # type: ignore[operator]
+        ok = resp <= chat + max(abs(chat) * 0.05, 0.00005)
+        out.append("responses vs chat: added latency, %s: %.2f ms vs %.2f ms %s"
+                   % (name, resp * 1000, chat * 1000, "PASS" if ok else "FAIL"))
+    for name in ("json 2KB c=32", "stream 2KB c=32", "json 200KB c=1"):
+        chat_p, resp_p = index.get(("translation", name, "proxy")), index.get(("responses", name, "proxy"))
+        if not chat_p or not resp_p or not chat_p.sent or not resp_p.sent:
+            continue
+        chat, resp = chat_p.cpu / chat_p.sent, resp_p.cpu / resp_p.sent
+        ok = resp <= chat + max(chat * 0.05, 0.00005)
+        out.append("responses vs chat: proxy CPU per request, %s: %.3f ms vs %.3f ms %s"
+                   % (name, resp * 1000, chat * 1000, "PASS" if ok else "FAIL"))
     return out
 
 
@@ -322,23 +348,29 @@ class Bench:
         for size in ("small", "large"):
             for stream in (False, True):
                 body = payloads.small_request(stream) if size == "small" else payloads.long_conversation(stream)
-                for api, data in (("anthropic", body), ("openai", payloads.to_openai(body))):
+                for api, data in (("anthropic", body), ("openai", payloads.to_openai(body)),
+                                  ("responses", payloads.to_responses(body))):
                     path = self.tmp / ("%s-%s-%s.json" % (api, size, "stream" if stream else "json"))
                     path.write_bytes(payloads.encode(data))
                     self.bodies[(api, size, stream)] = str(path)
         self.rows: list[Row] = []
 
     def _job(self, port: int, path: str, headers: dict, api: str, case: Case, requests: int) -> dict:
-        return {"host": "127.0.0.1", "port": port, "path": path, "headers": headers,
-                "body_file": self.bodies[(api, case.size, case.stream)], "concurrency": case.concurrency,
-                "requests": requests, "stream": case.stream, "expect_deltas": case.group.chunks,
-                "timeout": 120}
+        job = {"host": "127.0.0.1", "port": port, "path": path, "headers": headers,
+               "body_file": self.bodies[(api, case.size, case.stream)], "concurrency": case.concurrency,
+               "requests": requests, "stream": case.stream, "expect_deltas": case.group.chunks,
+               "timeout": 120}
+        if api == "responses":
+            job["marker"] = "response.output_text.delta"  # its done events repeat the whole text
+        return job
 
     def jobs(self, mode: str, case: Case, fake: FakeUpstream, proxy_port: int | None,
              requests: int) -> tuple[dict, dict | None]:
         prefix = case.group.prefix
         if mode == "translation":
             direct = self._job(fake.port, prefix + "/chat/completions", OPENAI_HEADERS, "openai", case, requests)
+        elif mode == "responses":
+            direct = self._job(fake.port, prefix + "/responses", OPENAI_HEADERS, "responses", case, requests)
         else:
             direct = self._job(fake.port, prefix + "/v1/messages", ANTHROPIC_HEADERS, "anthropic", case,
                                requests)
@@ -421,9 +453,10 @@ def update_marked(path: Path, text: str) -> None:
 
 
 def proxy_env(mode: str, upstream: str, database_url: str | None) -> dict:
-    env = {"PROXY_MODE": mode, "DEBUG": "false", "LOG_LEVEL": "WARNING"}
-    if mode == "translation":
-        env.update(ANTHROPIC_PROXY_BASE_URL=upstream, CLAUDE_CODE_PROXY_API_KEY="test-key")
+    env = {"PROXY_MODE": "translation" if mode == "responses" else mode, "DEBUG": "false", "LOG_LEVEL": "WARNING"}
+    if mode in ("translation", "responses"):
+        env.update(ANTHROPIC_PROXY_BASE_URL=upstream, CLAUDE_CODE_PROXY_API_KEY="test-key",
+                   UPSTREAM_API="responses" if mode == "responses" else "chat")
     else:
         env.update(CLAUDE_API_BASE_URL=upstream, CLAUDE_API_KEY="sk-ant-api03-bench")
     if database_url:
@@ -460,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="append", default=[], metavar="FILE",
                         help="replace the text between '%s' and '%s' in FILE with the results (repeatable)"
                              % (MARK_START, MARK_END))
-    parser.add_argument("--modes", default="translation,passthrough")
+    parser.add_argument("--modes", default="translation,responses,passthrough",
+                        help="translation (to Chat Completions), responses (translation to the Responses API), "
+                             "passthrough")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
     parser.add_argument("--rounds", type=int, default=3, help="alternating direct/proxy batches per case")
     parser.add_argument("--workers", type=int, default=1, help="WEB_CONCURRENCY for the proxy")

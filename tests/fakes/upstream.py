@@ -452,6 +452,36 @@ class BenchPayloads:
                                               "total_tokens": 999000222})
         self.openai_usage = (sse_data(usage).replace(b"%", b"%%").replace(b"999000111", b"%d")
                              .replace(b"999000222", b"%d"))
+        # OpenAI Responses API: the same words as output_text deltas; %d are the input and total tokens
+        resp_usage = {"input_tokens": 999000111, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": 999000222}
+        part = {"type": "output_text", "annotations": [], "text": text}
+        item = {"id": "msg_bench", "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+        response = {"id": "resp_bench", "object": "response", "created_at": 1700000000, "status": "completed",
+                    "model": "bench-model", "output": [item], "usage": resp_usage}
+        self.responses_json = (_dumps(response).replace("%", "%%").replace("999000111", "%d")
+                               .replace("999000222", "%d").encode())
+
+        def event(kind: str, **fields: Any) -> bytes:
+            return sse_event(kind, dict(fields, type=kind))
+
+        begun = dict(response, status="in_progress", output=[], usage=None)
+        where = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+        deltas_r = [event("response.output_text.delta", delta=w, **where) for w in words]
+        self.responses_head = (
+            event("response.created", response=begun) + event("response.in_progress", response=begun)
+            + event("response.output_item.added", output_index=0, item=dict(item, status="in_progress", content=[]))
+            + event("response.content_part.added", part=dict(part, text=""), **where)
+        ).replace(b"%", b"%%") + deltas_r[0]
+        self.responses_deltas = deltas_r[1:]
+        # "type" last, so the end of the stream names its terminal event (the benchmark driver looks there)
+        self.responses_tail = (
+            event("response.output_text.done", text=text, **where)
+            + event("response.content_part.done", part=part, **where)
+            + event("response.output_item.done", output_index=0, item=item)
+        ).replace(b"%", b"%%") + (event("response.completed", response=response).replace(b"%", b"%%")
+                                  .replace(b"999000111", b"%d").replace(b"999000222", b"%d"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -567,15 +597,22 @@ class FakeApp:
         raw = ctx.raw
         tokens = len(raw) // 4
         openai = ctx.endpoint == "/chat/completions"
+        responses = ctx.endpoint == "/responses"
         if not _STREAM_RE.search(raw):
             if bench.first_byte:
                 gevent.sleep(bench.first_byte)
-            if openai:
+            if responses:
+                body = bench.responses_json % (tokens, tokens + bench.out_tokens)
+            elif openai:
                 body = bench.openai_json % (tokens, tokens + bench.out_tokens)
             else:
                 body = bench.anthropic_json % tokens
-            return ctx.send(200, body, "application/json", openai)
-        if openai:
+            return ctx.send(200, body, "application/json", openai or responses)
+        if responses:
+            head = bench.responses_head
+            deltas = bench.responses_deltas
+            tail = bench.responses_tail % (tokens, tokens + bench.out_tokens)
+        elif openai:
             head = bench.openai_head
             deltas = bench.openai_deltas
             tail = bench.openai_tail
@@ -598,7 +635,7 @@ class FakeApp:
                 yield delta
             yield tail
 
-        return ctx.stream(stream(), openai)
+        return ctx.stream(stream(), openai or responses)
 
     # -- scripted responses -------------------------------------------------------------------------
 
