@@ -38,6 +38,10 @@ CLIENT_HEADERS = {  # what Claude Code 2.1 sends (fixtures/claude-code-2.1.197/h
     "accept-encoding": "identity",
 }
 OPENAI_HEADERS = {"accept": "application/json", "authorization": "Bearer test-key"}
+# In the responses mode this model goes to Chat Completions through the same proxy (MODEL_MAP), measured in
+# the same rounds, so the two paths are compared under the same load.
+CHAT_BESIDE_MODEL = "bench-chat-beside"
+CHAT_BESIDE = "chat beside responses"
 ANTHROPIC_HEADERS = {"accept": "application/json", "anthropic-version": "2023-06-01",
                      "x-api-key": "sk-ant-api03-bench"}
 
@@ -245,7 +249,7 @@ def check_targets(rows: list[Row]) -> list[str]:
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "FAIL"
 
-    for mode in sorted({r.mode for r in rows}):
+    for mode in sorted({r.mode for r in rows} - {CHAT_BESIDE}):
         pair = both(mode, "json 2KB c=1")
         if pair:
             added = pct(pair[1].lat, 50) - pct(pair[0].lat, 50)  # type: ignore[operator]
@@ -285,11 +289,12 @@ def check_targets(rows: list[Row]) -> list[str]:
 
 
 def _responses_vs_chat(index: dict) -> list[str]:
-    """The Responses path may cost no more than the Chat Completions path: added latency and CPU per request,
-    case by case (within 5% or 0.05 ms, the run-to-run noise of one case on this machine)."""
+    """The Responses path may cost no more than the Chat Completions path, measured in the same rounds through
+    the same proxy: added latency and CPU per request, case by case (within 5% or 0.05 ms, the noise of one
+    case on this machine)."""
     out = []
     for name in ("json 2KB c=1", "json 200KB c=1", "stream 2KB c=1", "stream 200KB c=1"):
-        sides = [index.get((m, name, s)) for m in ("translation", "responses") for s in ("direct", "proxy")]
+        sides = [index.get((m, name, s)) for m in (CHAT_BESIDE, "responses") for s in ("direct", "proxy")]
         if not all(sides) or not all(x.lat for x in sides):
             continue
         chat_d, chat_p, resp_d, resp_p = sides
@@ -298,8 +303,8 @@ def _responses_vs_chat(index: dict) -> list[str]:
         ok = resp <= chat + max(abs(chat) * 0.05, 0.00005)
         out.append("responses vs chat: added latency, %s: %.2f ms vs %.2f ms %s"
                    % (name, resp * 1000, chat * 1000, "PASS" if ok else "FAIL"))
-    for name in ("json 2KB c=32", "stream 2KB c=32", "json 200KB c=1"):
-        chat_p, resp_p = index.get(("translation", name, "proxy")), index.get(("responses", name, "proxy"))
+    for name in ("json 2KB c=32", "stream 2KB c=32", "json 200KB c=1", "stream 200KB c=1"):
+        chat_p, resp_p = index.get((CHAT_BESIDE, name, "proxy")), index.get(("responses", name, "proxy"))
         if not chat_p or not resp_p or not chat_p.sent or not resp_p.sent:
             continue
         chat, resp = chat_p.cpu / chat_p.sent, resp_p.cpu / resp_p.sent
@@ -348,8 +353,9 @@ class Bench:
         for size in ("small", "large"):
             for stream in (False, True):
                 body = payloads.small_request(stream) if size == "small" else payloads.long_conversation(stream)
+                beside = dict(body, model=CHAT_BESIDE_MODEL)
                 for api, data in (("anthropic", body), ("openai", payloads.to_openai(body)),
-                                  ("responses", payloads.to_responses(body))):
+                                  ("responses", payloads.to_responses(body)), ("anthropic-chat", beside)):
                     path = self.tmp / ("%s-%s-%s.json" % (api, size, "stream" if stream else "json"))
                     path.write_bytes(payloads.encode(data))
                     self.bodies[(api, size, stream)] = str(path)
@@ -379,6 +385,15 @@ class Bench:
             proxied = self._job(proxy_port, "/v1/messages", CLIENT_HEADERS, "anthropic", case, requests)
         return direct, proxied
 
+    def beside_jobs(self, case: Case, fake: FakeUpstream, proxy_port: int | None, requests: int) -> tuple:
+        """The Chat Completions path measured beside the responses mode: direct, and through the same proxy."""
+        direct = self._job(fake.port, case.group.prefix + "/chat/completions", OPENAI_HEADERS, "openai", case,
+                           requests)
+        proxied = None
+        if proxy_port is not None:
+            proxied = self._job(proxy_port, "/v1/messages", CLIENT_HEADERS, "anthropic-chat", case, requests)
+        return direct, proxied
+
     def measure(self, driver: Driver, job: dict, side: Side, pids: list[int], sample_rss: bool) -> None:
         cpu0 = procstat.tree_cpu(pids)
         dcpu0 = procstat.cpu_seconds(driver.pid)
@@ -406,7 +421,10 @@ class Bench:
             n = 3 if case.stream or case.size == "large" else 30
             if self.args.smoke:
                 n = 2
-            for job in self.jobs(mode, warm, fake, proxy_port, n):
+            jobs = list(self.jobs(mode, warm, fake, proxy_port, n))
+            if mode == "responses":
+                jobs += self.beside_jobs(warm, fake, proxy_port, n)
+            for job in jobs:
                 if job is not None:
                     driver.run(job)
 
@@ -415,11 +433,17 @@ class Bench:
         rounds = 1 if case.rss_per_stream else max(1, self.args.rounds)
         per_round = max(1, case.requests // rounds)
         direct, proxied = Side(), Side()
+        beside = mode == "responses" and not case.rss_per_stream
+        chat_direct, chat_proxied = Side(), Side()
         fake_pids = [fake.pid]
         proxy_pids = procstat.tree(proxy.pid) if proxy else []
+        port = proxy.port if proxy else None
         for r in range(rounds):
-            d_job, p_job = self.jobs(mode, case, fake, proxy.port if proxy else None, per_round)
+            d_job, p_job = self.jobs(mode, case, fake, port, per_round)
             order = [("direct", d_job, direct, fake_pids), ("proxy", p_job, proxied, proxy_pids)]
+            if beside:
+                cd_job, cp_job = self.beside_jobs(case, fake, port, per_round)
+                order += [("direct", cd_job, chat_direct, fake_pids), ("proxy", cp_job, chat_proxied, proxy_pids)]
             if r % 2:
                 order.reverse()  # alternate who goes first, so drift hits both sides
             for _name, job, side, pids in order:
@@ -428,6 +452,10 @@ class Bench:
         self.rows.append(Row(mode, case, "direct", direct))
         if proxy is not None:
             self.rows.append(Row(mode, case, "proxy", proxied))
+        if beside:
+            self.rows.append(Row(CHAT_BESIDE, case, "direct", chat_direct))
+            if proxy is not None:
+                self.rows.append(Row(CHAT_BESIDE, case, "proxy", chat_proxied))
         for name, side in (("direct", direct), ("proxy", proxied)):
             if side.errors:
                 self.log("  %s %s %s: %d errors, e.g. %s" % (mode, case.name, name, side.errors,
@@ -455,8 +483,10 @@ def update_marked(path: Path, text: str) -> None:
 def proxy_env(mode: str, upstream: str, database_url: str | None) -> dict:
     env = {"PROXY_MODE": "translation" if mode == "responses" else mode, "DEBUG": "false", "LOG_LEVEL": "WARNING"}
     if mode in ("translation", "responses"):
-        env.update(ANTHROPIC_PROXY_BASE_URL=upstream, CLAUDE_CODE_PROXY_API_KEY="test-key",
-                   UPSTREAM_API="responses" if mode == "responses" else "chat")
+        env.update(ANTHROPIC_PROXY_BASE_URL=upstream, CLAUDE_CODE_PROXY_API_KEY="test-key")
+    if mode == "responses":
+        env.update(UPSTREAM_API="responses",
+                   MODEL_MAP=json.dumps({CHAT_BESIDE_MODEL: {"model": "gpt-bench", "api": "chat"}}))
     else:
         env.update(CLAUDE_API_BASE_URL=upstream, CLAUDE_API_KEY="sk-ant-api03-bench")
     if database_url:
