@@ -164,6 +164,11 @@ class SettingsSchema(Schema):
     max_body_mb = fields.Float(data_key="MAX_REQUEST_BODY_MB", validate=validate.Range(min=0.001, error="must be a positive number"),
                                error_messages={"invalid": "must be a number"})
     client_setup_dir = fields.String(data_key="CLIENT_SETUP_DIR", validate=validate.Length(min=1))
+    # Bounded work and storage: one SSE event's size, the unmapped hosts accounting tracks
+    max_sse_event_mb = fields.Float(data_key="MAX_SSE_EVENT_MB", validate=validate.Range(
+        min=0.001, error="must be a positive number"), error_messages={"invalid": "must be a number"})
+    usage_max_unmapped_hosts = fields.Integer(data_key="USAGE_MAX_UNMAPPED_HOSTS", validate=validate.Range(
+        min=0, error="must be zero or more"), error_messages={"invalid": "must be a whole number"})
     # The OpenAI upstream API in translation mode (Chat Completions or Responses)
     upstream_api = fields.String(data_key="UPSTREAM_API", validate=validate.OneOf(
         UPSTREAM_APIS, error="must be 'chat' or 'responses'"))
@@ -210,6 +215,9 @@ class Settings:
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
     client_setup_dir: str = "client-setup"
+    # Bounded work and storage: one SSE event's size, the unmapped hosts accounting tracks
+    max_sse_event_mb: float = 16.0
+    usage_max_unmapped_hosts: int = 100
     # The OpenAI upstream API in translation mode; MODEL_MAP entries may name their own
     upstream_api: str = "chat"
     model_apis: dict = field(default_factory=dict)
@@ -217,6 +225,10 @@ class Settings:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_sse_event_bytes(self) -> int:
+        return int(self.max_sse_event_mb * 1024 * 1024)
 
     @property
     def translation(self) -> bool:

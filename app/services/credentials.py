@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Mapping
 import requests
 from gevent.lock import RLock
 
+from app.client_key import presented_key
 from app.errors import ProxyError
 from app.masking import mask_secret, register_secret
 from app.services import oauth as oauth_mod
@@ -268,9 +269,16 @@ class CredentialManager:
         return self._slot_credential(slot)
 
     def client_api_key_for(self, host: str) -> str | None:
-        """The `client_api_key` of the host's mapped credential file (issue 7 access control)."""
+        """The `client_api_key` of the host's mapped credential file, when it is a usable string."""
         value = self._field_for(host, "client_api_key")
         return value if isinstance(value, str) and value else None
+
+    def file_field(self, host: str, name: str):
+        """A top-level field of the host's mapped credential file, as the file holds it (None when absent)."""
+        return self._field_for(host, name)
+
+    def is_mapped(self, host: str) -> bool:
+        return host_without_port(host) in self._by_host
 
     def mapped_but_unreadable(self, host: str) -> bool:
         """The host is mapped but its file could not be read: whether it holds a `client_api_key` is unknown."""
@@ -673,15 +681,9 @@ class CredentialManager:
 
 
 def client_credential(headers: Mapping[str, str]) -> Credential | None:
-    """The client's own credential: `x-api-key`, else `Authorization: Bearer …` (lower-case header names)."""
-    value = headers.get("x-api-key")
-    if value:
-        value = value.strip()
-    if not value:
-        auth = headers.get("authorization")
-        if auth and auth[:7].lower() == "bearer ":
-            value = auth[7:].strip()
-    if not value:
+    """The client's own credential: the key it presents (`app.client_key`), as an API key or an OAuth token."""
+    value = presented_key(headers)
+    if value is None:
         return None
     kind = "oauth" if value.startswith(OAUTH_TOKEN_PREFIX) else "api_key"
     return Credential(kind, value, "client", None)

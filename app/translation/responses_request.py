@@ -11,10 +11,11 @@ import logging
 from typing import Any
 
 from app.conversation import session_id
+from app.jsonenc import compact
 
 from . import reasoning as reasoning_items
 from .models import Route
-from .request import (TOOL_ERROR_PREFIX, UnsupportedContent, _block_text, _compact_json, _document_parts,
+from .request import (TOOL_ERROR_PREFIX, UnsupportedContent, _block_text, _document_parts,
                       _image_part, _system_text, _unsupported, _user_hash)
 from .schema import clean_schema
 from .thinking import reasoning_effort
@@ -195,7 +196,7 @@ class _Input:
                 texts = []
                 args = block.get("input")
                 self.items.append({"type": "function_call", "call_id": call_id, "name": name,
-                                   "arguments": _compact_json({} if args is None else args)})
+                                   "arguments": compact({} if args is None else args)})
                 self.calls.add(call_id)
             elif kind == "thinking":
                 item = reasoning_items.unseal(block, self.key)

@@ -10,11 +10,12 @@ import math
 from typing import Any
 
 from app.errors import sse_error_event
+from app.usage import TEXT_CAP, Usage
 
 from . import reasoning as reasoning_items
 from .response import message_id_from, new_message_id, new_tool_id
 from .responses_response import cached_input_tokens, failure, stop_reason_for
-from .stream import PING, TEXT_CAP, _delta_event, format_sse
+from .stream import PING, _delta_event, format_sse
 
 _REASONING, _MESSAGE, _FUNCTION = "reasoning", "message", "function_call"
 _SEPARATOR = reasoning_items.SUMMARY_JOIN
@@ -159,6 +160,11 @@ class ResponsesStreamTranslator:
         return sse_error_event(error_type, message)
 
     # -- accounting -----------------------------------------------------------------------------
+
+    def usage(self) -> Usage:
+        """What the stream has used and said so far; an error it sent is reported with it."""
+        return Usage(self.input_tokens, self.output_tokens, 0, self.cache_read_input_tokens, self.tool_names,
+                     self.text, (self.error_type or "api_error") if self._failed else None, self.error_message)
 
     @property
     def _usage_reported(self) -> bool:
