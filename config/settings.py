@@ -172,6 +172,14 @@ class SettingsSchema(Schema):
     # The OpenAI upstream API in translation mode (Chat Completions or Responses)
     upstream_api = fields.String(data_key="UPSTREAM_API", validate=validate.OneOf(
         UPSTREAM_APIS, error="must be 'chat' or 'responses'"))
+    # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
+    upstream_profile = fields.String(data_key="UPSTREAM_PROFILE", validate=validate.OneOf(
+        ["auto", "openai", "openrouter", "deepseek", "github", "vllm", "llamacpp", "ollama", "generic"],
+        error="must be auto, openai, openrouter, deepseek, github, vllm, llamacpp, ollama or generic"))
+    server_tools = fields.String(data_key="SERVER_TOOLS", validate=validate.OneOf(
+        ["error", "drop"], error="must be 'error' or 'drop'"))
+    thinking_signing_key = fields.String(data_key="THINKING_SIGNING_KEY", validate=validate.Length(
+        min=16, error="must be at least 16 characters"))
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,10 @@ class Settings:
     # The OpenAI upstream API in translation mode; MODEL_MAP entries may name their own
     upstream_api: str = "chat"
     model_apis: dict = field(default_factory=dict)
+    # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
+    upstream_profile: str = "auto"
+    server_tools: str = "error"
+    thinking_signing_key: str | None = field(default=None, repr=False)
 
     @property
     def max_body_bytes(self) -> int:
@@ -246,6 +258,9 @@ class Settings:
                 raw[f.data_key] = value.strip()
         if "LOG_LEVEL" in raw:
             raw["LOG_LEVEL"] = raw["LOG_LEVEL"].upper()
+        for name in ("UPSTREAM_PROFILE", "SERVER_TOOLS"):
+            if name in raw:
+                raw[name] = raw[name].lower()
         try:
             loaded = schema.load(raw)
         except ValidationError as exc:

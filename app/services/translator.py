@@ -15,9 +15,9 @@ from app.records import RequestRecord
 from app.services.headers import translation_headers
 from app.services.recording import Recorder, last_user_text
 from app.services.relay import read_error_body, relay_stream, stream_failure, upstream_http_error
+from app.services.thinking_key import ThinkingKey
 from app.services.upstream import UpstreamClient, close_quietly
 from app.sse import SSEDecoder
-from app.translation import thinking
 from app.translation.models import ModelRouter, upstream_api
 from app.translation.request import UnsupportedContent, anthropic_to_openai
 from app.translation.response import UpstreamFormatError, openai_to_anthropic
@@ -79,13 +79,14 @@ def encode_body(payload: dict) -> bytes:
 
 
 class Translator:
-    def __init__(self, settings: Settings, upstream: UpstreamClient, recorder: Recorder) -> None:
+    def __init__(self, settings: Settings, upstream: UpstreamClient, recorder: Recorder,
+                 thinking_key: ThinkingKey | None = None) -> None:
         self.settings = settings
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
         self.responses_url = settings.anthropic_proxy_base_url.rstrip("/") + "/responses"
-        self.signing_key = thinking.signing_key(settings)
+        self.thinking_key = thinking_key or ThinkingKey(settings)
         self.router = ModelRouter(settings.reasoning_model, settings.completion_model, settings.reasoning_max_tokens,
                                   settings.completion_max_tokens, settings.model_map)
         self._completion_tokens_models: set[str] = set()
@@ -102,7 +103,7 @@ class Translator:
         api = self.api_for(body)
         try:
             if api == "responses":
-                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=self.signing_key)
+                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=self.thinking_key.get())
             else:
                 payload = anthropic_to_openai(body, chosen, stream=stream)
         except UnsupportedContent as exc:
@@ -184,8 +185,8 @@ class Translator:
         estimate = estimate_input_tokens(body)
         if not stream:
             return self._responses_json(resp, rec, model, estimate)
-        plug = ResponsesStream(ResponsesStreamTranslator(model=model, signing_key=self.signing_key,
-                                                         input_tokens=estimate))
+        plug = ResponsesStream(ResponsesStreamTranslator(model=model, signing_key=self.thinking_key.get(),
+                                                         input_tokens=estimate), self.settings.max_sse_event_bytes)
         rec.status = 200
         body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
                             shutting_down=lambda: self.upstream.shutting_down)
@@ -200,7 +201,7 @@ class Translator:
             raise ProxyError(502, message, err_type) from None
         close_quietly(resp, complete=True)
         try:
-            message = responses_to_anthropic(json.loads(raw), model=model, signing_key=self.signing_key,
+            message = responses_to_anthropic(json.loads(raw), model=model, signing_key=self.thinking_key.get(),
                                              input_tokens=estimate)
         except ResponseFailed as exc:
             raise ProxyError(status_for_error_type(exc.error_type), exc.message, exc.error_type) from None
@@ -295,9 +296,9 @@ class ResponsesStream:
 
     __slots__ = ("translator", "decoder", "done", "reusable")
 
-    def __init__(self, translator: ResponsesStreamTranslator) -> None:
+    def __init__(self, translator: ResponsesStreamTranslator, max_event: int) -> None:
         self.translator = translator
-        self.decoder = SSEDecoder()
+        self.decoder = SSEDecoder(max_event)
         self.done = False
         self.reusable = False
 

@@ -1,8 +1,8 @@
 """A Responses API reasoning item carried in an Anthropic thinking block's `signature` (pure).
 
 The block's `thinking` is the item's summary texts joined by a blank line; the signature is the proxy's
-own (app.translation.thinking) over the item's id, its encrypted content and the lengths of the summary
-parts, so the same item can be rebuilt when the client sends the block back.
+own (app.translation.thinking, kind `resp:`) over the item's id, its encrypted content and the lengths of
+the summary parts, so the same item can be rebuilt when the client sends the block back.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from . import thinking
 
 SUMMARY_JOIN = "\n\n"
-_KIND = "responses.reasoning"
+_KIND = "resp:"  # the payload's kind tag (app.translation.thinking)
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -23,23 +23,23 @@ def summary_texts(item: dict) -> list[str]:
     return [p["text"] for p in summary if isinstance(p, dict) and isinstance(p.get("text"), str)]
 
 
-def seal(item_id: str, encrypted_content: str, lengths: Sequence[int], key: bytes | str) -> str:
+def seal(item_id: str, encrypted_content: str, lengths: Sequence[int], key: bytes) -> str:
     """The signature for a reasoning item whose summary parts have these lengths."""
-    payload = {"k": _KIND, "id": item_id, "ec": encrypted_content, "p": list(lengths)}
-    return thinking.sign(_compact(payload), key)
+    payload = {"id": item_id, "ec": encrypted_content, "p": list(lengths)}
+    return thinking.sign(_KIND + _compact(payload), key)
 
 
-def unseal(block: dict, key: bytes | str) -> dict | None:
+def unseal(block: dict, key: bytes) -> dict | None:
     """The reasoning input item for a thinking block the proxy made from one, else None."""
     payload = thinking.verify(block.get("signature"), key)
-    if payload is None:
-        return None
+    if payload is None or not payload.startswith(_KIND):
+        return None  # not the proxy's, or the proxy's over something else (Chat-path thinking text)
     try:
-        data = json.loads(payload)
+        data = json.loads(payload[len(_KIND):])
     except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("k") != _KIND:
-        return None  # the proxy's signature, but over something else (e.g. another upstream's reasoning)
+    if not isinstance(data, dict):
+        return None
     item_id, encrypted = data.get("id"), data.get("ec")
     if not isinstance(item_id, str) or not isinstance(encrypted, str) or not encrypted:
         return None

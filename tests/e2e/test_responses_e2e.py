@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(120)
 
 PROXY_KEY = "sk-proxy-upstream-key-responses"
 MODEL = "claude-sonnet-4-5"
-THINKING = {"type": "enabled", "budget_tokens": 8000}
+THINKING = {"type": "enabled", "budget_tokens": 10000}
 READ_TOOL = {"name": "Read", "description": "Read a file",
              "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}},
                               "required": ["file_path"]}}

@@ -62,7 +62,7 @@ def test_fixed_fields_store_include_caps_and_no_sampling_with_reasoning():
 
 @pytest.mark.parametrize("thinking, output_config, effort", [
     ({"type": "enabled", "budget_tokens": 1024}, None, "low"),
-    ({"type": "enabled", "budget_tokens": 8000}, None, "medium"),
+    ({"type": "enabled", "budget_tokens": 10000}, None, "medium"),
     ({"type": "enabled", "budget_tokens": 31999}, None, "high"),
     ({"type": "adaptive"}, {"effort": "low"}, "low"),
     ({"type": "adaptive"}, {"effort": "high"}, "high"),
@@ -193,7 +193,7 @@ def test_a_thinking_block_the_proxy_made_goes_back_as_the_same_reasoning_item():
 @pytest.mark.parametrize("signature", [
     "EqQBCkYIBRgCKkCanthropicsignature==",  # Anthropic's, from a conversation that began in passthrough
     "",
-    sign('{"k":"deepseek.reasoning_content"}', KEY),  # the proxy's own, but over something else
+    sign("chat:" + "0" * 32, KEY),  # the proxy's own, but over Chat-path thinking text
     "tampered",
 ])
 def test_thinking_the_proxy_did_not_make_and_redacted_thinking_are_dropped(signature):
