@@ -1,7 +1,8 @@
 """The domain a request is accounted under, so that no client can grow the store by choosing Hosts.
 
-A mapped domain is always itself. A refused request on any other Host goes to one `unauthenticated`
-bucket. An accepted request on an unmapped Host keeps its host name while fewer than
+A refused request goes to one `unauthenticated` bucket, whatever Host it named (a mapped team's counts
+are not the sender's to inflate). An accepted request on a mapped domain is that domain's; on an
+unmapped Host it keeps its host name while fewer than
 `USAGE_MAX_UNMAPPED_HOSTS` such names are tracked (the ones already in the store count), then joins
 `other-hosts`.
 """
@@ -26,10 +27,10 @@ class DomainNames:
         self._known: set[str] | None = None
 
     def for_request(self, host: str, refused: bool) -> str:
+        if refused:  # whoever sent it, it is not the team's traffic, and its Host is the sender's choice
+            return UNAUTHENTICATED
         if host and self._credentials.is_mapped(host):
             return host
-        if refused:
-            return UNAUTHENTICATED
         name = host or NO_HOST
         known = self._known if self._known is not None else self._load()
         if name in known:
