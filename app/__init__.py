@@ -49,7 +49,8 @@ class Services:
         self.domains = DomainNames(self.credentials, self.storage, settings.usage_max_unmapped_hosts)
         self.upstream = UpstreamClient(settings)
         self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials)
-        self.translator = Translator(settings, self.upstream, self.recorder)
+        from app.services.thinking_key import ThinkingKey
+        self.translator = Translator(settings, self.upstream, self.recorder, ThinkingKey(settings, store))
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
 

@@ -31,6 +31,7 @@ from app.errors import ProxyError
 from app.masking import mask_secret, register_secret
 from app.services import oauth as oauth_mod
 from app.services.oauth import OAuthError, refresh_token_hash
+from config.settings import Settings
 
 
 log = logging.getLogger(__name__)
@@ -197,14 +198,14 @@ class _Slot:
 class CredentialManager:
     """Chooses the credential of each passthrough request and keeps OAuth credentials fresh."""
 
-    def __init__(self, settings, store=None, session: requests.Session | None = None,
+    def __init__(self, settings: Settings, store=None, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._store = store
         self._session = session or requests.Session()
         self._token_url = settings.oauth_token_url
         self._client_id = settings.oauth_client_id
-        self._strict = bool(getattr(settings, "strict_domain_mapping", False))
+        self._strict = settings.strict_domain_mapping
         self._warned_hosts: set[str] = set()
         self._slots: list[_Slot] = []
         self._by_host: dict[str, _Slot] = {}
@@ -221,7 +222,7 @@ class CredentialManager:
             self._slots.append(slot)
             self._by_host[host] = slot
         self._env: Credential | None = None
-        for key in (getattr(settings, "claude_api_key", None), getattr(settings, "claude_code_proxy_api_key", None)):
+        for key in (settings.claude_api_key, settings.claude_code_proxy_api_key):
             if key and key.strip():
                 self._env = Credential("api_key", key.strip(), "env", None)
                 _register(key.strip())
@@ -576,7 +577,7 @@ class CredentialManager:
         log.info("OAuth token refreshed for %s (expires %s)", domain, _iso(st.expires_ms) or "unknown")
         return used.get("refreshToken")
 
-    # ------------------------------------------------------------ internals: shared store (issue 10)
+    # ------------------------------------------------------------ internals: shared store
 
     def _store_enabled(self) -> bool:
         return self._store is not None and bool(getattr(self._store, "supports_credentials", False))

@@ -5,7 +5,7 @@ Where it comes from, first match wins:
 2. With `DATABASE_URL` (PostgreSQL): a random key generated once and kept in the shared store
    (`nexus_credentials`, key `nexus:thinking-signing-key`), created under the store's lock so a fleet agrees.
 3. Otherwise: a random key in a file beside the SQLite usage database (`<dir of USAGE_DB_PATH>/thinking-signing-key`,
-   mode 0600), created with O_EXCL so the workers of one host agree.
+   mode 0600), created with O_EXCL so the workers of one host agree (an in-memory database: a per-process key).
 If the store or the file cannot be used, a per-process key is used until it can (logged once): signatures made
 meanwhile are not recognised by other processes, so that thinking is dropped on its way back, nothing fails.
 """
@@ -18,7 +18,13 @@ import secrets
 import threading
 import time
 
+from typing import TYPE_CHECKING
+
 from app.masking import register_secret
+
+if TYPE_CHECKING:
+    from app.storage import Storage
+    from config.settings import Settings
 
 log = logging.getLogger("nexus.translation")
 
@@ -29,7 +35,7 @@ FILE_NAME = "thinking-signing-key"
 class ThinkingKey:
     """`get()` -> the signing key (bytes); resolved lazily once, then cached for the process."""
 
-    def __init__(self, settings, store=None) -> None:
+    def __init__(self, settings: "Settings", store: "Storage | None" = None) -> None:
         self._settings = settings
         self._store = store if getattr(store, "supports_credentials", False) else None
         self._key: bytes | None = None
@@ -53,7 +59,7 @@ class ThinkingKey:
             return self._key
 
     def _resolve(self) -> bytes:
-        configured = getattr(self._settings, "thinking_signing_key", None)
+        configured = self._settings.thinking_signing_key
         if configured:
             register_secret(configured)
             return hashlib.sha256(b"nexus-thinking\0" + configured.encode("utf-8")).digest()
@@ -71,7 +77,10 @@ class ThinkingKey:
             return _decode(value)
 
     def _from_file(self) -> bytes:
-        db_path = getattr(self._settings, "usage_db_path", "data/usage.sqlite3")
+        db_path = self._settings.usage_db_path
+        if db_path == ":memory:" or db_path.startswith("file:"):
+            # An in-memory store lives in one process: so does its key.
+            return secrets.token_bytes(32)
         path = os.path.join(os.path.dirname(os.path.abspath(db_path)), FILE_NAME)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         value = secrets.token_hex(32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urlsplit
 
 from app import logs
 from app.client_key import presented_key
@@ -19,13 +20,14 @@ from app.services.thinking_key import ThinkingKey
 from app.services.upstream import UpstreamClient, close_quietly
 from app.sse import SSEDecoder
 from app.translation.models import ModelRouter, upstream_api
-from app.translation.request import UnsupportedContent, anthropic_to_openai
+from app.translation.profiles import select_profile
+from app.translation.request import Options, UnsupportedContent, anthropic_to_openai
 from app.translation.response import UpstreamFormatError, openai_to_anthropic
 from app.translation.responses_request import anthropic_to_responses
 from app.translation.responses_response import ResponseFailed, responses_to_anthropic
 from app.translation.responses_stream import ResponsesStreamTranslator
 from app.translation.stream import StreamTranslator
-from app.translation.tokens import estimate_input_tokens
+from app.translation.tokens import count_input_tokens, estimate_input_tokens
 from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
 from app.usage import Usage, apply_usage, classify_request, usage_from_message
 from config.settings import Settings
@@ -86,7 +88,10 @@ class Translator:
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
         self.responses_url = settings.anthropic_proxy_base_url.rstrip("/") + "/responses"
+        # What the upstream takes and sends back (UPSTREAM_PROFILE, else chosen by the base URL's host).
+        self.profile = select_profile(settings.upstream_profile, settings.anthropic_proxy_base_url)
         self.thinking_key = thinking_key or ThinkingKey(settings)
+        self._upstream_host = urlsplit(settings.anthropic_proxy_base_url).hostname or ""
         self.router = ModelRouter(settings.reasoning_model, settings.completion_model, settings.reasoning_max_tokens,
                                   settings.completion_max_tokens, settings.model_map)
         self._completion_tokens_models: set[str] = set()
@@ -100,12 +105,15 @@ class Translator:
         rec.stream = stream
         chosen = self.router.route(body)
         rec.model_used = chosen.model
+        signing_key = self.thinking_key.get()
         api = self.api_for(body)
         try:
             if api == "responses":
-                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=self.thinking_key.get())
+                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=signing_key)
             else:
-                payload = anthropic_to_openai(body, chosen, stream=stream)
+                options = Options(profile=self.profile, signing_key=signing_key,
+                                  server_tools=self.settings.server_tools, upstream=self._upstream_host)
+                payload = anthropic_to_openai(body, chosen, stream=stream, options=options)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
         except ValueError:  # a tool input holding 1e999 (infinity once parsed) has no JSON spelling
@@ -120,9 +128,9 @@ class Translator:
         model = rec.model_requested or chosen.model
         stop_sequences = body.get("stop_sequences") or ()
         if not stream:
-            return self._json(resp, rec, model, stop_sequences)
+            return self._json(resp, rec, model, stop_sequences, signing_key)
         plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                                 input_tokens=estimate_input_tokens(body)),
+                                                 input_tokens=estimate_input_tokens(body), signing_key=signing_key),
                                 self.settings.max_sse_event_bytes)
         rec.status = 200
         body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
@@ -149,7 +157,7 @@ class Translator:
             error = read_error_body(resp)
         raise upstream_http_error(resp.status, error, resp.headers)
 
-    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences) -> Reply:
+    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences, signing_key: bytes = b"") -> Reply:
         try:
             raw = resp.read()
         except Exception as exc:
@@ -161,7 +169,8 @@ class Translator:
             upstream_json = json.loads(raw)
             if not isinstance(upstream_json, dict):
                 raise UpstreamFormatError("Upstream answered with JSON that is not an object")
-            message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences)
+            message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences,
+                                          signing_key=signing_key)
         except (ValueError, UpstreamFormatError) as exc:
             raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
         logs.debug_response(rec.request_id, 200, {}, message)
@@ -217,7 +226,7 @@ class Translator:
         rec = inc.record
         body = _read_request(inc, validate_count_tokens_request)
         rec.status = 200
-        return json_reply(200, {"input_tokens": estimate_input_tokens(body)},
+        return json_reply(200, {"input_tokens": count_input_tokens(body)},
                           on_close=lambda: self.recorder.finish(rec))
 
     def _upstream_key(self, inc: Incoming) -> str:

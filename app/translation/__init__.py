@@ -4,7 +4,7 @@ from .request import UnsupportedContent, anthropic_to_openai
 from .response import UpstreamFormatError, openai_to_anthropic
 from .schema import clean_schema
 from .stream import PING, StreamTranslator, format_sse
-from .tokens import estimate_input_tokens
+from .tokens import count_input_tokens, estimate_input_tokens
 from .validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "UpstreamFormatError",
     "anthropic_to_openai",
     "clean_schema",
+    "count_input_tokens",
     "estimate_input_tokens",
     "format_sse",
     "openai_to_anthropic",

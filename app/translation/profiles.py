@@ -13,7 +13,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 TokenField = Literal["max_tokens", "max_completion_tokens"]
-StructuredOutput = Literal["json_schema", "json_object", "none"]
+StructuredOutput = Literal["json_schema", "json_object"]
+# When `reasoning_effort` is sent: never; always; only to `reasoning_models`; only when the request asks
+# for thinking (servers that refuse it for models that cannot think).
+EffortPolicy = Literal["never", "always", "reasoning_models", "thinking"]
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,10 @@ class Profile:
     prompt_cache_key: bool = False  # takes `prompt_cache_key` (route one conversation to one cache)
     user: bool = True  # takes the `user` field
     images: bool = True  # takes image_url content parts
-    files: bool = False  # takes `file` content parts (PDFs as data URLs)
-    reasoning_effort: bool = False  # takes `reasoning_effort`
+    # Which Anthropic PDF `document` sources become `file` content parts: "base64" (file_data as a data URL),
+    # "url" (file_data as the URL), "file" (file_id). Any other source is refused with a 400.
+    pdf_sources: tuple[str, ...] = ()
+    reasoning_effort: EffortPolicy = "never"
     # The field reasoning comes back in (message / delta); both names are read anyway.
     reasoning_field: str | None = None
     # The assistant's reasoning must go back as `reasoning_content` on assistant messages with tool calls
@@ -52,6 +57,11 @@ class Profile:
     def is_reasoning_model(self, model: str) -> bool:
         return _matches(self.reasoning_models, model)
 
+    def sends_effort(self, model: str, thinking: bool) -> bool:
+        policy = self.reasoning_effort
+        return (policy == "always" or (policy == "reasoning_models" and self.is_reasoning_model(model))
+                or (policy == "thinking" and thinking))
+
     def token_field(self, model: str) -> TokenField:
         return "max_completion_tokens" if self.is_reasoning_model(model) else self.max_tokens_field
 
@@ -69,8 +79,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         max_tokens_field="max_completion_tokens",  # max_tokens is deprecated and refused by reasoning models
         reasoning_models=_OPENAI_REASONING,
         prompt_cache_key=True,
-        files=True,
-        reasoning_effort=True,
+        pdf_sources=("base64", "file"),
+        reasoning_effort="reasoning_models",
         cache_usage=("openai",),
         strict=True,
     ),
@@ -79,8 +89,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         reasoning_models=_OPENAI_REASONING,
         cache_control_models=("anthropic/*", "google/*"),
         prompt_cache_key=True,
-        files=True,
-        reasoning_effort=True,
+        pdf_sources=("base64", "url"),
+        reasoning_effort="always",
         reasoning_field="reasoning",
         cache_usage=("openrouter",),
         web_search_plugin=True,
@@ -89,6 +99,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         name="deepseek",
         parallel_tool_calls=False,
         images=False,
+        reasoning_effort="always",
         reasoning_field="reasoning_content",
         reasoning_round_trip=True,
         cache_usage=("deepseek",),
@@ -98,8 +109,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile(
         name="github",
         reasoning_models=_OPENAI_REASONING,
+        parallel_tool_calls=False,  # not among the documented body parameters
         cache_usage=("openai",),
-        reasoning_effort=True,
         user=False,
         strict=True,
     ),
@@ -107,26 +118,19 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         name="vllm",
         reasoning_field="reasoning_content",
         cache_usage=("openai",),
-        user=False,
     ),
     Profile(
         name="llamacpp",
-        parallel_tool_calls=True,
         reasoning_field="reasoning_content",
         cache_usage=("openai",),
-        user=False,
     ),
     Profile(
         name="ollama",
         parallel_tool_calls=False,
         reasoning_field="reasoning",
-        reasoning_effort=True,
-        user=False,
+        reasoning_effort="thinking",
     ),
-    Profile(
-        name="generic",
-        user=False,
-    ),
+    Profile(name="generic"),
 )}
 
 # Exact hosts, then host suffixes; anything else is "generic".

@@ -6,6 +6,10 @@ import re
 import secrets
 from typing import Any, Sequence
 
+from app.errors import upstream_error_text
+
+from .thinking import sign_thinking_text
+
 _FINISH = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -80,45 +84,69 @@ def map_stop_reason(
 
 
 def map_usage(usage: Any, fallback_input_tokens: int = 0) -> dict:
-    """Anthropic usage from OpenAI usage.
+    """Anthropic usage from OpenAI-style usage, whichever cache dialect the upstream speaks.
 
-    Anthropic's input_tokens excludes cache reads, OpenAI's prompt_tokens includes them, so
-    input_tokens = prompt_tokens - cached and cache_read_input_tokens = cached (only when reported).
+    Anthropic counts cache reads and cache writes apart from `input_tokens`; OpenAI-style `prompt_tokens`
+    includes both, so input_tokens = prompt_tokens - read - written. The cache fields appear only when the
+    upstream reported them.
     """
     if not isinstance(usage, dict):
         return {"input_tokens": fallback_input_tokens, "output_tokens": 0}
-    prompt = _int(usage.get("prompt_tokens"))
+    prompt = prompt_tokens(usage)
     completion = _int(usage.get("completion_tokens"))
     cached = cached_tokens(usage)
+    written = cache_write_tokens(usage)
     out = {
-        "input_tokens": max(prompt - (cached or 0), 0) if prompt is not None else fallback_input_tokens,
+        "input_tokens": max(prompt - (cached or 0) - (written or 0), 0) if prompt is not None
+        else fallback_input_tokens,
         "output_tokens": completion or 0,
     }
     if cached is not None:
         out["cache_read_input_tokens"] = cached
+    if written is not None:
+        out["cache_creation_input_tokens"] = written
     return out
 
 
+def prompt_tokens(usage: dict) -> int | None:
+    """All prompt tokens (cached included); DeepSeek's hit + miss when prompt_tokens is missing."""
+    prompt = _int(usage.get("prompt_tokens"))
+    if prompt is None:
+        hit, miss = _int(usage.get("prompt_cache_hit_tokens")), _int(usage.get("prompt_cache_miss_tokens"))
+        if hit is not None and miss is not None:
+            prompt = hit + miss
+    return prompt
+
+
 def cached_tokens(usage: dict) -> int | None:
+    """Prompt tokens read from the cache, in any of the dialects (docs/upstreams.md), else None."""
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict):
-        cached = _int(details.get("cached_tokens"))
+        cached = _int(details.get("cached_tokens"))  # OpenAI, OpenRouter, GitHub, vLLM, llama.cpp
         if cached is not None:
             return cached
-    return _int(usage.get("prompt_cache_hit_tokens"))  # DeepSeek's name for it
+    cached = _int(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
+    if cached is not None:
+        return cached
+    return _int(usage.get("cache_read_input_tokens"))  # gateways that pass Anthropic's names through
+
+
+def cache_write_tokens(usage: dict) -> int | None:
+    """Prompt tokens written to the cache (OpenRouter for Anthropic/Gemini models), else None."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        written = _int(details.get("cache_write_tokens"))
+        if written is not None:
+            return written
+    for key in ("cache_creation_input_tokens", "cache_write_tokens"):
+        written = _int(usage.get(key))
+        if written is not None:
+            return written
+    return None
 
 
 def _int(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
-
-
-def upstream_error_text(error: Any) -> str:
-    if isinstance(error, dict):
-        message = error.get("message")
-        if isinstance(message, str) and message:
-            return message
-        return json.dumps(error)[:500]
-    return str(error)[:500]
 
 
 def _text_of(content: Any) -> str:
@@ -136,11 +164,14 @@ def openai_to_anthropic(
     message_id: str | None = None,
     stop_sequences: Sequence[str] = (),
     input_tokens: int = 0,
+    signing_key: bytes = b"",
 ) -> dict:
     """The Anthropic message for a non-streaming chat completion.
 
     `model` is the model the client asked for; `input_tokens` is used only when the upstream
-    reports no usage. Raises UpstreamFormatError for an error body or one without choices.
+    reports no usage. Reasoning becomes a thinking block signed with `signing_key` (the proxy's own
+    signature, app/translation/thinking.py; empty without a key). Raises UpstreamFormatError for an
+    error body or one without choices.
     """
     if not isinstance(resp, dict):
         raise UpstreamFormatError("Upstream response is not a JSON object")
@@ -157,7 +188,8 @@ def openai_to_anthropic(
     content: list[dict] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+        signature = sign_thinking_text(reasoning, signing_key) if signing_key else ""
+        content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
     text = _text_of(message.get("content"))
     if text:
         content.append({"type": "text", "text": text})

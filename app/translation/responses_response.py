@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import reasoning as reasoning_items
-from .response import UpstreamFormatError, message_id_from, new_tool_id, parse_arguments, upstream_error_text
-from .stream import error_type_for_upstream
+from app.errors import error_type_for_upstream, upstream_error_text
+
+from .response import UpstreamFormatError, message_id_from, new_tool_id, parse_arguments
 
 
 class ResponseFailed(Exception):

@@ -21,24 +21,15 @@ from json.encoder import encode_basestring as _json_string
 from json.encoder import encode_basestring_ascii as _json_string_ascii
 from typing import Any, Sequence
 
-from app.errors import error_type_for_status, sse_error_event
+from app.errors import error_type_for_upstream, sse_error_event, upstream_error_text
 from app.jsonenc import compact, compact_ascii
 from app.usage import TEXT_CAP, Usage
 
-from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id, upstream_error_text
+from .response import (cache_write_tokens, cached_tokens, map_stop_reason, new_message_id, new_tool_id,
+                       prompt_tokens)
+from .thinking import ThinkingSigner
 
 _TEXT, _THINKING = "text", "thinking"  # block keys; tool-call keys are their OpenAI index (int)
-_ERROR_TYPES = frozenset({
-    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-    "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "timeout_error", "billing_error",
-})
-_OPENAI_ERROR_TYPES = {
-    "rate_limit_exceeded": "rate_limit_error",
-    "insufficient_quota": "rate_limit_error",
-    "server_error": "api_error",
-    "invalid_request_error": "invalid_request_error",
-}
-
 
 
 
@@ -63,23 +54,6 @@ def _delta_event(index: int, kind: str, field: str, fragment: str) -> bytes:
 
 
 PING = format_sse("ping", {"type": "ping"})
-
-
-def error_type_for_upstream(error: Any) -> str:
-    """The Anthropic error type for an OpenAI-style error object seen mid-stream."""
-    if isinstance(error, dict):
-        code = error.get("code")
-        if isinstance(code, str) and code.isdigit():
-            code = int(code)
-        if type(code) is int and 400 <= code <= 599:
-            return error_type_for_status(code)
-        for key in ("type", "code"):
-            value = error.get(key)
-            if value in _ERROR_TYPES:
-                return value
-            if value in _OPENAI_ERROR_TYPES:
-                return _OPENAI_ERROR_TYPES[value]
-    return "api_error"
 
 
 class _Tool:
@@ -116,9 +90,12 @@ class StreamTranslator:
     """Turns parsed OpenAI stream chunks into Anthropic SSE bytes. Not thread-safe; one per response."""
 
     def __init__(
-        self, *, model: str, message_id: str | None = None, stop_sequences: Sequence[str] = (), input_tokens: int = 0
+        self, *, model: str, message_id: str | None = None, stop_sequences: Sequence[str] = (), input_tokens: int = 0,
+        signing_key: bytes = b"",
     ) -> None:
         self.model = model
+        self._signing_key = signing_key
+        self._signer: ThinkingSigner | None = None  # of the open thinking block
         self.message_id = message_id or new_message_id()
         self.stop_sequences = tuple(stop_sequences)
         self._estimate = input_tokens
@@ -221,6 +198,8 @@ class StreamTranslator:
             usage["input_tokens"] = self.input_tokens
             if cached_tokens(self._usage) is not None:
                 usage["cache_read_input_tokens"] = self.cache_read_input_tokens
+            if cache_write_tokens(self._usage) is not None:
+                usage["cache_creation_input_tokens"] = self.cache_creation_input_tokens
         out.append(format_sse("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason, "stop_sequence": stop_sequence},
@@ -243,19 +222,21 @@ class StreamTranslator:
 
     def usage(self) -> Usage:
         """What the stream has used and said so far; an error it sent is reported with it."""
-        return Usage(self.input_tokens, self.output_tokens, 0, self.cache_read_input_tokens, self.tool_names,
+        return Usage(self.input_tokens, self.output_tokens, self.cache_creation_input_tokens,
+                     self.cache_read_input_tokens, self.tool_names,
                      self.text, (self.error_type or "api_error") if self._failed else None, self.error_message)
 
     @property
     def _usage_reported(self) -> bool:
-        return self._usage is not None and type(self._usage.get("prompt_tokens")) is int
+        return self._usage is not None and prompt_tokens(self._usage) is not None
 
     @property
     def input_tokens(self) -> int:
-        """Upstream prompt tokens minus cache reads when reported, else the estimate given at start."""
+        """Upstream prompt tokens minus cache reads and writes when reported, else the estimate given at start."""
         if not self._usage_reported:
             return self._estimate
-        return max(self._usage["prompt_tokens"] - self.cache_read_input_tokens, 0)
+        total = prompt_tokens(self._usage) or 0
+        return max(total - self.cache_read_input_tokens - self.cache_creation_input_tokens, 0)
 
     @property
     def output_tokens(self) -> int:
@@ -268,6 +249,11 @@ class StreamTranslator:
     def cache_read_input_tokens(self) -> int:
         """Cached prompt tokens the upstream reported (0 when it reported none)."""
         return (cached_tokens(self._usage) or 0) if self._usage is not None else 0
+
+    @property
+    def cache_creation_input_tokens(self) -> int:
+        """Prompt tokens the upstream reported writing to its cache (0 when it reported none)."""
+        return (cache_write_tokens(self._usage) or 0) if self._usage is not None else 0
 
     @property
     def tool_calls(self) -> int:
@@ -414,6 +400,10 @@ class StreamTranslator:
                 self._text_len += len(piece)
         elif key == _THINKING:
             out.append(_delta_event(self._index, "thinking_delta", "thinking", fragment))
+            if self._signing_key:
+                if self._signer is None:
+                    self._signer = ThinkingSigner(self._signing_key)
+                self._signer.add(fragment)
         else:
             self._tools[key].args.append(fragment)
             out.append(_delta_event(self._index, "input_json_delta", "partial_json", fragment))
@@ -423,8 +413,14 @@ class StreamTranslator:
         if key is None:
             return
         if key == _THINKING:
-            # The real API ends every thinking block with its signature; there is none here.
-            signature = {"type": "signature_delta", "signature": ""}
+            # The real API ends every thinking block with its signature: here the proxy's own, over the
+            # block's text, so the next turn can give this reasoning back to the upstream.
+            if self._signing_key:
+                sig = (self._signer or ThinkingSigner(self._signing_key)).signature()
+            else:
+                sig = ""
+            self._signer = None
+            signature = {"type": "signature_delta", "signature": sig}
             out.append(format_sse(
                 "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": signature}
             ))

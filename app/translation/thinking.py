@@ -87,11 +87,32 @@ def is_proxy_signature(signature: Any) -> bool:
 
 def text_digest(thinking: str) -> str:
     """The `chat:` payload for thinking text: binds a signature to the exact text it was made for."""
-    return "chat:" + hashlib.sha256(thinking.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return _digest_payload(hashlib.sha256(thinking.encode("utf-8", "surrogatepass")))
+
+
+def _digest_payload(h: "hashlib._Hash") -> str:
+    return "chat:" + h.hexdigest()[:32]
 
 
 def sign_thinking_text(thinking: str, key: bytes) -> str:
     return sign(text_digest(thinking), key)
+
+
+class ThinkingSigner:
+    """Signs a thinking block that arrives in fragments (a stream) without keeping its text."""
+
+    __slots__ = ("_key", "_hash")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._hash = hashlib.sha256()
+
+    def add(self, fragment: str) -> None:
+        self._hash.update(fragment.encode("utf-8", "surrogatepass"))
+
+    def signature(self) -> str:
+        """The signature of everything added, as `sign_thinking_text` would give for the joined text."""
+        return sign(_digest_payload(self._hash), self._key)
 
 
 def verify_thinking_text(thinking: Any, signature: Any, key: bytes) -> bool:

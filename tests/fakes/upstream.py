@@ -15,6 +15,9 @@ It prints exactly one line ``PORT <n>`` on stdout once listening. Endpoints (``<
 - ``POST <prefix>/v1/oauth/token``               OAuth refresh with rotation
 - ``/_fake/...``                                 the control API (see ``_control``)
 
+``/profile/<name>`` before an OpenAI path emulates that upstream (tests/fakes/profiles.py): it refuses what
+that upstream refuses and answers in its dialect (reasoning field, cache usage, structured output, PDFs).
+
 Without a scripted response queued, requests are answered by a tiny "scripted model" (see
 ``plan_anthropic`` / ``plan_openai``) that calls a Read tool when asked about a file and quotes the
 first word of the tool result when it comes back.
@@ -43,7 +46,12 @@ import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from tests.fakes import responses as responses_api
+try:
+    from tests.fakes import profiles as upstream_profiles
+    from tests.fakes import responses as responses_api
+except ImportError:  # pragma: no cover - run as a script from another directory
+    import profiles as upstream_profiles  # type: ignore[no-redef]
+    import responses as responses_api  # type: ignore[no-redef]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -65,6 +73,7 @@ _ENDPOINTS = (  # longest first: suffix match
 )
 _ENDPOINT_ALIAS = {"/v1/chat/completions": "/chat/completions", "/v1/responses": "/responses"}
 _OPENAI_ENDPOINTS = ("/chat/completions", "/responses")
+_PROFILE_RE = re.compile(r"^/profile/([a-z]+)/")
 _ANTHROPIC_ENDPOINTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/models")
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -107,6 +116,7 @@ class FakeState:
         self.reasoning_issued: dict[str, str] = {}  # Responses API: reasoning item id -> encrypted content
         self.reasoning_returned: list[str] = []  # ids of issued reasoning items that came back in an input
         self.cache_prompts: dict[str, bytes] = {}  # prompt_cache_key -> the last request body under it
+        self.cache = upstream_profiles.CacheMemory()
         old = getattr(self, "release", None)
         self.release = gevent.event.Event()
         if old is not None:
@@ -307,6 +317,10 @@ def openai_chunks(completion: dict, include_usage: bool) -> list[dict]:
     choice = completion["choices"][0]
     message = choice["message"]
     chunks = [chunk({"role": "assistant", "content": ""})]
+    reasoning = upstream_profiles.reasoning_of(message)
+    if reasoning:
+        for piece in _split(reasoning[1], 3):
+            chunks.append(chunk({reasoning[0]: piece}))
     if message.get("tool_calls"):
         call = message["tool_calls"][0]
         chunks.append(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
@@ -316,6 +330,8 @@ def openai_chunks(completion: dict, include_usage: bool) -> list[dict]:
     else:
         for piece in _split(message["content"], 3):
             chunks.append(chunk({"content": piece}))
+    if message.get("annotations"):
+        chunks.append(chunk({"annotations": message["annotations"]}))
     chunks.append(chunk({}, choice["finish_reason"]))
     if include_usage:
         chunks.append(dict(base, choices=[], usage=completion["usage"]))
@@ -544,6 +560,11 @@ class FakeApp:
             inp = ctx.parsed.get("input")
             if isinstance(inp, list):
                 state.reasoning_returned.extend(i["id"] for i in inp if i.get("type") == "reasoning")
+        if endpoint == "/chat/completions" and method == "POST" and isinstance(ctx.parsed, dict):
+            profile = _profile_of(ctx)
+            refused = upstream_profiles.refusal(profile, ctx.parsed) if profile else None
+            if refused is not None:
+                return ctx.json(*refused)  # as the real upstream: before anything scripted
         queue = state.scripts.get(endpoint)
         if queue:
             return self._scripted(ctx, queue.popleft(), method)
@@ -735,7 +756,10 @@ class FakeApp:
         tokens = len(ctx.raw) // 4
         openai = endpoint == "/chat/completions"
         if openai:
+            profile = _profile_of(ctx)
             completion = openai_completion(req, plan_openai(req), tokens, msg_id)
+            if profile is not None:
+                completion = upstream_profiles.shape(profile, req, completion, self.state.cache)
             if not req.get("stream"):
                 return ctx.send(200, _dumps(completion).encode(), "application/json", True, headers)
             usage = bool((req.get("stream_options") or {}).get("include_usage"))
@@ -766,6 +790,12 @@ class FakeApp:
             state.valid_tokens.add(access)
         return ctx.json(200, {"token_type": "Bearer", "access_token": access, "expires_in": 3600,
                               "refresh_token": state.refresh_token, "scope": "user:inference user:profile"})
+
+
+def _profile_of(ctx: "_Ctx") -> str | None:
+    """The upstream a `/profile/<name>/...` path emulates, else None."""
+    match = _PROFILE_RE.match(ctx.environ.get("PATH_INFO") or "")
+    return match.group(1) if match and match.group(1) in upstream_profiles.PROFILES else None
 
 
 def _paced(pieces: list[bytes], spec: dict) -> Iterator[bytes]:

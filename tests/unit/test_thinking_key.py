@@ -58,3 +58,9 @@ def test_postgres_store_key_is_shared_by_hosts(pg_url):
     finally:
         one.close()
         two.close()
+
+
+def test_in_memory_store_writes_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    key = ThinkingKey(Settings(usage_db_path=":memory:")).get()
+    assert len(key) == 32 and not list(tmp_path.iterdir())

@@ -175,12 +175,13 @@ def test_base64_pdf_document_is_refused_naming_the_place():
             {"role": "user", "content": [{"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}]},
         ])
     assert str(err.value) == (
-        "messages.4.content.0: block type 'document' with a base64 PDF cannot be sent to an OpenAI-compatible upstream"
+        "messages.4.content.0: block type 'document' with a base64 PDF cannot be sent to upstream profile 'generic': "
+        "it takes no such PDF input (see docs/upstreams.md)"
     )
 
 
 def test_url_pdf_document_is_refused():
-    with pytest.raises(UnsupportedContent, match=r"^messages\.0\.content\.0: block type 'document' with a URL source"):
+    with pytest.raises(UnsupportedContent, match=r"^messages\.0\.content\.0: block type 'document' with a URL PDF"):
         msgs([{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}]}])
 
 
@@ -388,16 +389,16 @@ def test_tools_become_functions_with_clean_parameters():
     }}]
 
 
-def test_server_tools_without_input_schema_are_skipped():
-    server = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
-              {"type": "bash_20250124", "name": "bash"}, {"type": "text_editor_20250429", "name": "str_replace_based_edit_tool"}]
-    out = convert(tools=[*server, WEATHER])
+def test_client_tools_without_input_schema_are_skipped():
+    client = [{"type": "bash_20250124", "name": "bash"}, {"type": "text_editor_20250429", "name": "str_replace_based_edit_tool"}]
+    out = convert(tools=[*client, WEATHER])
     assert [t["function"]["name"] for t in out["tools"]] == ["get_weather"]
 
 
-def test_only_server_tools_means_no_tools_and_no_tool_choice():
-    out = convert(tools=[{"type": "web_search_20250305", "name": "web_search"}], tool_choice={"type": "any", "disable_parallel_tool_use": True})
-    assert "tools" not in out and "tool_choice" not in out and "parallel_tool_calls" not in out
+def test_server_tool_is_refused_by_default_naming_it():
+    with pytest.raises(UnsupportedContent, match=r"^tools\.0: server tool 'web_search' \(type 'web_search_20250305'\) "
+                                                 r"runs only at Anthropic; upstream profile 'generic' cannot run it"):
+        convert(tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}, WEATHER])
 
 
 @pytest.mark.parametrize(
