@@ -109,7 +109,8 @@ class Translator:
         api = self.api_for(body)
         try:
             if api == "responses":
-                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=signing_key)
+                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=signing_key,
+                                                 server_tools=self.settings.server_tools, upstream=self._upstream_host)
             else:
                 options = Options(profile=self.profile, signing_key=signing_key,
                                   server_tools=self.settings.server_tools, upstream=self._upstream_host)

@@ -15,9 +15,9 @@ from app.jsonenc import compact
 
 from . import reasoning as reasoning_items
 from .models import Route
-from .request import (TOOL_ERROR_PREFIX, UnsupportedContent, _block_text, _document_parts,
-                      _image_part, _system_text, _unsupported, _user_hash)
-from .schema import clean_schema
+from .request import (TOOL_ERROR_PREFIX, Options, UnsupportedContent, _block_text, _document_parts, _image_part,
+                      _system_text, _unsupported, _user_hash)
+from .request import _tools as _chat_tools
 from .thinking import reasoning_effort
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,13 @@ MIN_OUTPUT_TOKENS = 16  # the Responses API refuses a smaller max_output_tokens
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 
 
-def anthropic_to_responses(body: dict, route: Route, *, stream: bool, signing_key: bytes | str) -> dict:
-    """Build the Responses API body. Only fields listed here are sent (an allow-list)."""
+def anthropic_to_responses(body: dict, route: Route, *, stream: bool, signing_key: bytes,
+                           server_tools: str = "error", upstream: str = "") -> dict:
+    """Build the Responses API body. Only fields listed here are sent (an allow-list).
+
+    `server_tools` is SERVER_TOOLS (Anthropic-only server tools refused or dropped, as on the Chat path);
+    `upstream` names the upstream in error messages.
+    """
     out: dict[str, Any] = {"model": route.model}
     system = body.get("system")
     if system:
@@ -46,7 +51,8 @@ def anthropic_to_responses(body: dict, route: Route, *, stream: bool, signing_ke
             value = body.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[key] = value
-    tools = _tools(body.get("tools"))
+    tools = _tools(body.get("tools"), body.get("tool_choice"),
+                   Options(signing_key=signing_key, server_tools=server_tools, upstream=upstream))
     if tools:
         out["tools"] = tools
         choice = body.get("tool_choice")
@@ -249,24 +255,16 @@ def _tool_output(block: dict, path: str) -> str | list[dict]:
     return parts
 
 
-def _tools(tools: Any) -> list[dict]:
-    if not isinstance(tools, list):
-        return []
+def _tools(tools: Any, tool_choice: Any, options: Options) -> list[dict]:
+    """The Chat path's tools (schemas cleaned, server tools by SERVER_TOOLS) in the Responses shape."""
     out = []
-    for tool in tools:
-        if not isinstance(tool, dict):
-            continue
-        schema = tool.get("input_schema")
-        name = tool.get("name")
-        if not isinstance(schema, dict) or not isinstance(name, str):
-            log.debug("translation: skipping tool %r (type %r) without input_schema", name, tool.get("type"))
-            continue
-        function: dict[str, Any] = {"type": "function", "name": name}
-        description = tool.get("description")
-        if isinstance(description, str) and description:
-            function["description"] = description
-        function["parameters"] = clean_schema(schema)
+    for tool in _chat_tools(tools, tool_choice, options)[0]:
+        function = tool["function"]
+        item: dict[str, Any] = {"type": "function", "name": function["name"]}
+        if "description" in function:
+            item["description"] = function["description"]
+        item["parameters"] = function["parameters"]
         # Responses makes functions strict by default, which Claude Code's schemas do not satisfy.
-        function["strict"] = False
-        out.append(function)
+        item["strict"] = False
+        out.append(item)
     return out

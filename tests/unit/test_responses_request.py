@@ -151,8 +151,7 @@ def test_a_result_without_its_call_stays_visible_as_text():
 
 
 def test_tools_are_cleaned_and_never_strict_by_default():
-    out = convert(body({"role": "user", "content": "hi"}, tools=[READ, {"type": "web_search_20250305",
-                                                                       "name": "web_search"}],
+    out = convert(body({"role": "user", "content": "hi"}, tools=[READ, {"type": "bash_20250124", "name": "bash"}],
                        tool_choice={"type": "any", "disable_parallel_tool_use": True}))
     assert out["tools"] == [{"type": "function", "name": "Read", "description": "Read a file",
                              "parameters": clean_schema(READ["input_schema"]), "strict": False}]
@@ -277,3 +276,12 @@ def test_captured_claude_code_bodies_convert_without_loss(name):
     # Anthropic's signed thinking cannot be read upstream: dropped, never forwarded
     assert not any(i["type"] == "reasoning" for i in out["input"])
     assert "signature" not in json.dumps(out["input"])
+
+
+def test_server_tools_follow_server_tools_as_on_the_chat_path():
+    web = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+    request = body({"role": "user", "content": "hi"}, tools=[READ, web])
+    with pytest.raises(UnsupportedContent, match=r"tools\.1: server tool 'web_search'.*SERVER_TOOLS=drop"):
+        anthropic_to_responses(request, ROUTE, stream=False, signing_key=KEY, upstream="api.openai.com")
+    dropped = anthropic_to_responses(request, ROUTE, stream=False, signing_key=KEY, server_tools="drop")
+    assert [t["name"] for t in dropped["tools"]] == ["Read"]
