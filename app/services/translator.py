@@ -25,7 +25,7 @@ from app.translation.request import Options, UnsupportedContent, anthropic_to_op
 from app.translation.response import UpstreamFormatError, openai_to_anthropic
 from app.translation.responses_request import anthropic_to_responses
 from app.translation.responses_response import ResponseFailed, responses_to_anthropic
-from app.translation.responses_stream import ResponsesStreamTranslator
+from app.translation.responses_stream import IGNORED_EVENTS, ResponsesStreamTranslator
 from app.translation.stream import StreamTranslator
 from app.translation.tokens import count_input_tokens, estimate_input_tokens
 from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
@@ -305,6 +305,8 @@ class ResponsesStream:
     """
 
     __slots__ = ("translator", "decoder", "done", "reusable")
+    # not parsed: message_start went out as the head, and these add nothing (some repeat the whole answer)
+    SKIP = IGNORED_EVENTS | {"response.created"}
 
     def __init__(self, translator: ResponsesStreamTranslator, max_event: int) -> None:
         self.translator = translator
@@ -319,7 +321,10 @@ class ResponsesStream:
     def feed(self, chunk: bytes) -> bytes:
         translator = self.translator
         out = []
-        for _event, data in self.decoder.feed(chunk):
+        skip = self.SKIP
+        for event, data in self.decoder.feed(chunk):
+            if event in skip:
+                continue
             try:
                 obj = json.loads(data)
             except ValueError:

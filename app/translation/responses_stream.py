@@ -18,6 +18,14 @@ from .responses_response import cached_input_tokens, failure, stop_reason_for
 from .stream import PING, _delta_event, format_sse
 
 _REASONING, _MESSAGE, _FUNCTION = "reasoning", "message", "function_call"
+# Events that add nothing to what the deltas and the item events carry (several repeat the whole text):
+# a relay may skip them by their SSE event name without parsing them.
+IGNORED_EVENTS = frozenset({
+    "response.queued", "response.in_progress", "response.content_part.added", "response.content_part.done",
+    "response.output_text.done", "response.refusal.done", "response.reasoning_summary_text.done",
+    "response.reasoning_summary_part.done", "response.function_call_arguments.done",
+    "response.output_text.annotation.added",
+})
 _SEPARATOR = reasoning_items.SUMMARY_JOIN
 
 

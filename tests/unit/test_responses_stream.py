@@ -217,3 +217,21 @@ def test_items_done_without_deltas_are_still_emitted():
                                   {"type": "text", "text": "Done."}]
     assert message["stop_reason"] == "tool_use"
     assert message["usage"]["output_tokens"] > 0  # estimated when the upstream reports none
+
+
+def test_the_relay_plug_skips_only_events_that_add_nothing():
+    """The plug leaves repeated-text events unparsed (cheaper per stream): the client's message is the same."""
+    from app.services.translator import ResponsesStream
+
+    response = fake_response()
+    raw = b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), json.dumps(e).encode())
+                   for e in fake_api.stream_events(response))
+    plug = ResponsesStream(ResponsesStreamTranslator(model=MODEL, signing_key=KEY, input_tokens=77), 1 << 20)
+    # fed in small pieces, as the network delivers it
+    out = plug.head() + b"".join(plug.feed(raw[i:i + 97]) for i in range(0, len(raw), 97))
+    assert plug.done and plug.tail() == b"" and plug.reusable
+    via_plug = accumulate(events_of(out))
+    direct = accumulate(translate(fake_api.stream_events(response))[0])
+    via_plug.pop("id"), direct.pop("id")  # the plug's message_start goes out before response.created
+    assert via_plug == direct
+    assert plug.usage().cache_read_input_tokens == 1152 and plug.usage().tool_calls == 2
