@@ -119,6 +119,13 @@ class ResponsesStreamTranslator:
         elif kind in ("response.completed", "response.incomplete"):
             response = event.get("response") if isinstance(event.get("response"), dict) else {}
             self._usage = response.get("usage") if isinstance(response.get("usage"), dict) else None
+            open_block = self._open
+            if open_block is not None and open_block.kind == _REASONING and isinstance(response.get("output"), list):
+                # its .done never came: the final output still holds the encrypted content
+                item = next((i for i in response["output"] if isinstance(i, dict)
+                             and i.get("id") == open_block.item_id), None)
+                if item is not None:
+                    self._close(open_block, item, out)
             self._stop_reason = stop_reason_for(
                 response.get("status") or kind.rsplit(".", 1)[1], response.get("incomplete_details"),
                 has_tool_calls=bool(self._tool_names), refused=self._refused)

@@ -235,3 +235,13 @@ def test_the_relay_plug_skips_only_events_that_add_nothing():
     via_plug.pop("id"), direct.pop("id")  # the plug's message_start goes out before response.created
     assert via_plug == direct
     assert plug.usage().cache_read_input_tokens == 1152 and plug.usage().tool_calls == 2
+
+
+def test_reasoning_left_open_takes_its_encrypted_content_from_the_final_response():
+    item = {"type": "reasoning", "id": "rs_open", "summary": [], "encrypted_content": "gAAAA-late"}
+    events, _ = translate([
+        {"type": "response.created", "response": {"id": "resp_z"}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning", "id": "rs_open"}},
+        {"type": "response.completed", "response": {"status": "completed", "output": [item]}}])
+    message = accumulate(events)
+    assert unseal(message["content"][0], KEY)["encrypted_content"] == "gAAAA-late"
