@@ -58,11 +58,12 @@ def relay_stream(resp, rec: RequestRecord, plug: StreamPlug, recorder, *, ping_i
 def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: float,
            shutting_down: Callable[[], bool]) -> Iterator[bytes]:
     debug = logs.debug_enabled()
+    chunks = with_keepalive(iter_body(resp), ping_interval)
     try:
         head = plug.head()
         if head:
             yield head
-        for chunk in with_keepalive(iter_body(resp), ping_interval):
+        for chunk in chunks:
             if chunk is None:
                 yield PING
                 continue
@@ -84,6 +85,7 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
         rec.error_type, rec.error_message = stream_failure(exc, shutting_down())
         yield plug.failure(rec.error_type, rec.error_message)
     finally:
+        chunks.close()  # the keep-alive reader stops before the connection is released or closed
         close_quietly(resp, complete=plug.reusable and rec.error_type is None)
         apply_usage(rec, plug.usage())
         recorder.finish(rec)
@@ -122,7 +124,8 @@ def with_keepalive(chunks: Iterator[bytes], interval: float) -> Iterator[bytes |
                 raise item
             yield item
     finally:
-        reader.kill(block=False)
+        # wait for it: a reader still inside a read would share the connection with its next user
+        reader.kill(block=True, timeout=1)
 
 
 def stream_failure(exc: BaseException, shutting_down: bool = False) -> tuple[str, str]:
