@@ -149,6 +149,28 @@ def _int(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
+MAX_CITATIONS = 20
+
+
+def collect_citations(annotations: Any, into: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(url, title) of `url_citation` annotations (OpenRouter's web plugin), added to `into` once each."""
+    if isinstance(annotations, list):
+        for item in annotations:
+            cite = item.get("url_citation") if isinstance(item, dict) else None
+            url = cite.get("url") if isinstance(cite, dict) else None
+            if isinstance(url, str) and url and len(into) < MAX_CITATIONS and all(u != url for u, _ in into):
+                title = cite.get("title")
+                into.append((url, title if isinstance(title, str) and title else url))
+    return into
+
+
+def citation_text(citations: list[tuple[str, str]]) -> str:
+    """The sources a web search used, as text after the answer: a search never comes back without them."""
+    if not citations:
+        return ""
+    return "\n\nSources:\n" + "\n".join(f"- [{title}]({url})" for url, title in citations)
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -190,7 +212,7 @@ def openai_to_anthropic(
     if isinstance(reasoning, str) and reasoning:
         signature = sign_thinking_text(reasoning, signing_key) if signing_key else ""
         content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
-    text = _text_of(message.get("content"))
+    text = _text_of(message.get("content")) + citation_text(collect_citations(message.get("annotations"), []))
     if text:
         content.append({"type": "text", "text": text})
     calls = message.get("tool_calls")

@@ -25,8 +25,8 @@ from app.errors import error_type_for_upstream, sse_error_event, upstream_error_
 from app.jsonenc import compact, compact_ascii
 from app.usage import TEXT_CAP, Usage
 
-from .response import (cache_write_tokens, cached_tokens, map_stop_reason, new_message_id, new_tool_id,
-                       prompt_tokens)
+from .response import (cache_write_tokens, cached_tokens, citation_text, collect_citations, map_stop_reason,
+                       new_message_id, new_tool_id, prompt_tokens)
 from .thinking import ThinkingSigner
 
 _TEXT, _THINKING = "text", "thinking"  # block keys; tool-call keys are their OpenAI index (int)
@@ -96,6 +96,7 @@ class StreamTranslator:
         self.model = model
         self._signing_key = signing_key
         self._signer: ThinkingSigner | None = None  # of the open thinking block
+        self._citations: list[tuple[str, str]] = []  # web-plugin sources, sent after the answer
         self.message_id = message_id or new_message_id()
         self.stop_sequences = tuple(stop_sequences)
         self._estimate = input_tokens
@@ -172,6 +173,8 @@ class StreamTranslator:
         out: list[bytes] = []
         if not self._started:
             out.append(self.start())
+        if self._citations:
+            self._route(_TEXT, citation_text(self._citations), out)
         for tool in self._tools.values():
             if not tool.opened and tool.name is None:
                 tool.name = ""  # never named: still shown, so the client reports an unknown tool
@@ -304,6 +307,9 @@ class StreamTranslator:
             for call in calls:
                 if isinstance(call, dict):
                     self._tool_delta(call, out)
+        annotations = delta.get("annotations")
+        if annotations is not None:
+            collect_citations(annotations, self._citations)
 
     def _tool_delta(self, call: dict, out: list[bytes]) -> None:
         key = call.get("index")

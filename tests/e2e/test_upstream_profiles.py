@@ -384,11 +384,19 @@ def test_server_tool_dropped_with_server_tools_drop(proxies, fake):
     assert not chat_posts(fake)
 
 
-def test_web_search_uses_the_openrouter_web_plugin(proxies, fake):
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+def test_web_search_uses_the_openrouter_web_plugin(proxies, fake, streamed):
+    params = dict(model=MODEL, max_tokens=64, tools=[WEB_SEARCH],
+                  messages=[{"role": "user", "content": "Perform a web search for: news"}])
     with sdk(proxies("openrouter")) as client:
-        reply = client.messages.create(model=MODEL, max_tokens=64, tools=[WEB_SEARCH],
-                                       messages=[{"role": "user", "content": "Perform a web search for: news"}])
-    assert "https://example.com/result" in reply.content[-1].text
+        if streamed:
+            with client.messages.stream(**params) as s:
+                reply = s.get_final_message()
+        else:
+            reply = client.messages.create(**params)
+    text = "".join(b.text for b in reply.content if b.type == "text")
+    # the answer, then every source the search used (here one the answer text did not link)
+    assert "https://example.com/result" in text and "- [Background](https://example.org/background)" in text
     sent = chat_posts(fake)[0]["body"]
     assert sent["plugins"] == [{"id": "web", "max_results": 5}] and "tools" not in sent
 

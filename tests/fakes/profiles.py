@@ -253,8 +253,11 @@ def shape(profile: str, req: dict, completion: dict, memory: CacheMemory) -> dic
         message["content"] = f"The document says: {pdf}"
     if any(isinstance(p, dict) and p.get("id") == "web" for p in req.get("plugins") or ()):
         message["content"] = "Found it: see [example.com](https://example.com/result)."
-        message["annotations"] = [{"type": "url_citation", "url_citation": {
-            "url": "https://example.com/result", "title": "Example result", "start_index": 14, "end_index": 51}}]
+        message["annotations"] = [
+            {"type": "url_citation", "url_citation": {
+                "url": "https://example.com/result", "title": "Example result", "start_index": 14, "end_index": 51}},
+            {"type": "url_citation", "url_citation": {
+                "url": "https://example.org/background", "title": "Background", "start_index": 0, "end_index": 0}}]
     if wants_reasoning(profile, req):
         field = "reasoning" if profile in ("openrouter", "ollama") else "reasoning_content"
         message[field] = THINKING_TEXT if message.get("tool_calls") else ANSWER_THINKING

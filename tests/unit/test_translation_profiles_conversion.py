@@ -334,3 +334,22 @@ def test_merged_assistant_messages_keep_both_reasonings():
                   tools=[TOOL])
     assistant = out["messages"][1]
     assert assistant["reasoning_content"] == "first. second." and len(assistant["tool_calls"]) == 2
+
+
+ANNOTATIONS = [{"type": "url_citation", "url_citation": {"url": "https://a.example/1", "title": "One"}},
+               {"type": "url_citation", "url_citation": {"url": "https://a.example/1", "title": "One again"}},
+               {"type": "url_citation", "url_citation": {"url": "https://b.example/2"}},
+               {"type": "file"}, "junk"]
+SOURCES = "\n\nSources:\n- [One](https://a.example/1)\n- [https://b.example/2](https://b.example/2)"
+
+
+def test_web_plugin_sources_follow_the_answer_in_json_and_streams():
+    resp = {"choices": [{"message": {"role": "assistant", "content": "News.", "annotations": ANNOTATIONS},
+                         "finish_reason": "stop"}]}
+    assert openai_to_anthropic(resp, model="m")["content"] == [{"type": "text", "text": "News." + SOURCES}]
+    st = StreamTranslator(model="m")
+    st.start()
+    st.feed({"choices": [{"delta": {"content": "News."}}]})
+    st.feed({"choices": [{"delta": {"annotations": ANNOTATIONS}, "finish_reason": "stop"}]})
+    st.finish()
+    assert st.text == "News." + SOURCES
