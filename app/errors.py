@@ -62,6 +62,16 @@ def error_type_for_upstream(error: Any) -> str:
     return "api_error"
 
 
+# The status a client expects for an error type (a failed Responses API answer arrives with HTTP 200).
+_STATUS_BY_TYPE = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                   "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                   "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+def status_for_error_type(error_type: str) -> int:
+    return _STATUS_BY_TYPE.get(error_type, 500)
+
+
 def error_body(error_type: str, message: str) -> dict:
     """`{"type":"error","error":{"type":…,"message":…}}`, the message masked.
 

@@ -14,6 +14,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 DEFAULT_UPSTREAM = "https://models.github.ai/inference"
 DEFAULT_MODEL = "openai/gpt-4.1"
+UPSTREAM_APIS = ("chat", "responses")
 
 
 class SettingsError(ValueError):
@@ -58,6 +59,39 @@ class _JsonObject(fields.Field):
         if bad:
             raise ValidationError(f"must be a JSON object of strings; the value for {bad[0]!r} is not a non-empty string")
         return dict(obj)
+
+
+class _ModelMap(fields.Field):
+    """MODEL_MAP: glob -> upstream model, or glob -> {"model": ..., "api": "chat"|"responses"}.
+
+    Deserialises to (pattern -> model, pattern -> api for the entries that name one), in the map's order.
+    """
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> tuple[dict, dict]:
+        try:
+            obj = json.loads(str(value).strip() or "{}") if not isinstance(value, Mapping) else value
+        except ValueError as exc:
+            raise ValidationError(f"must be a JSON object ({exc.msg} at position {exc.pos})")
+        if not isinstance(obj, dict):
+            raise ValidationError("must be a JSON object")
+        models: dict[str, str] = {}
+        apis: dict[str, str] = {}
+        for pattern, target in obj.items():
+            if isinstance(target, dict):
+                unknown = set(target) - {"model", "api"}
+                if unknown:
+                    raise ValidationError(f"the entry for {pattern!r} has an unknown key {sorted(unknown)[0]!r}")
+                api = target.get("api")
+                if api is not None and api not in UPSTREAM_APIS:
+                    raise ValidationError(f"the api for {pattern!r} must be 'chat' or 'responses'")
+                if api is not None:
+                    apis[pattern] = api
+                target = target.get("model")
+            if not isinstance(target, str) or not target:
+                raise ValidationError(f"the value for {pattern!r} must be a model name or "
+                                      '{"model": ..., "api": "chat"|"responses"}')
+            models[pattern] = target
+        return models, apis
 
 
 class _KeyList(fields.Field):
@@ -112,7 +146,7 @@ class SettingsSchema(Schema):
     completion_model = fields.String(data_key="COMPLETION_MODEL", validate=validate.Length(min=1))
     reasoning_max_tokens = _positive_int(data_key="REASONING_MAX_TOKENS")
     completion_max_tokens = _positive_int(data_key="COMPLETION_MAX_TOKENS")
-    model_map = _JsonObject(data_key="MODEL_MAP")
+    model_map = _ModelMap(data_key="MODEL_MAP")
     claude_api_key = fields.String(data_key="CLAUDE_API_KEY")
     domain_credential_mapping = _JsonObject(data_key="DOMAIN_CREDENTIAL_MAPPING")
     strict_domain_mapping = _Bool(data_key="STRICT_DOMAIN_MAPPING")
@@ -161,6 +195,9 @@ class SettingsSchema(Schema):
     rate_limit_state_path = fields.String(data_key="RATE_LIMIT_STATE_PATH", validate=validate.Length(min=1))
     keys_refresh_interval = fields.Float(data_key="KEYS_REFRESH_INTERVAL", validate=validate.Range(
         min=0.1, max=5, error="must be between 0.1 and 5 seconds"), error_messages={"invalid": "must be a number"})
+    # The OpenAI upstream API in translation mode (Chat Completions or Responses)
+    upstream_api = fields.String(data_key="UPSTREAM_API", validate=validate.OneOf(
+        UPSTREAM_APIS, error="must be 'chat' or 'responses'"))
     # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
     upstream_profile = fields.String(data_key="UPSTREAM_PROFILE", validate=validate.OneOf(
         ["auto", "openai", "openrouter", "deepseek", "github", "vllm", "llamacpp", "ollama", "generic"],
@@ -224,6 +261,9 @@ class Settings:
     rate_limit_fail: str = "open"
     rate_limit_state_path: str | None = None  # default: limits.sqlite3 beside USAGE_DB_PATH
     keys_refresh_interval: float = 2.0
+    # The OpenAI upstream API in translation mode; MODEL_MAP entries may name their own
+    upstream_api: str = "chat"
+    model_apis: dict = field(default_factory=dict)
     # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
     upstream_profile: str = "auto"
     server_tools: str = "error"
@@ -262,6 +302,8 @@ class Settings:
             variable, problems = sorted(exc.messages.items())[0]
             problem = problems[0] if isinstance(problems, list) else str(problems)
             raise SettingsError(variable, problem) from None
+        if "model_map" in loaded:
+            loaded["model_map"], loaded["model_apis"] = loaded["model_map"]
         if loaded.get("debug") and "log_level" not in loaded:
             loaded["log_level"] = "DEBUG"
         return cls(**loaded)
@@ -272,7 +314,11 @@ class Settings:
             "mode": self.proxy_mode,
             "upstream": self.anthropic_proxy_base_url if self.translation else self.anthropic_base_url,
             "models": {"reasoning": self.reasoning_model, "completion": self.completion_model,
-                       "map": dict(self.model_map)} if self.translation else None,
+                       "map": dict(self.model_map),
+                       # which upstream API each of those models is called through
+                       "api": {"reasoning": self.upstream_api, "completion": self.upstream_api,
+                               "map": {p: self.model_apis.get(p, self.upstream_api) for p in self.model_map}}}
+            if self.translation else None,
             "maxTokens": {"reasoning": self.reasoning_max_tokens, "completion": self.completion_max_tokens}
             if self.translation else None,
         }

@@ -19,7 +19,8 @@ import requests  # noqa: E402
 from flask import Flask, Response, request  # noqa: E402
 
 UPSTREAM = os.environ.get("BARE_UPSTREAM", "http://127.0.0.1:8080").rstrip("/")
-TRANSLATION = os.environ.get("BARE_MODE", "translation") == "translation"
+# the OpenAI path of each translation mode; passthrough keeps the client's path
+OPENAI_PATH = {"translation": "/chat/completions", "responses": "/responses"}.get(os.environ.get("BARE_MODE", "translation"))
 
 app = Flask(__name__)
 session = requests.Session()
@@ -33,7 +34,7 @@ def health() -> Response:
 
 @app.post("/v1/<path:rest>")
 def relay(rest: str) -> Response:
-    url = UPSTREAM + ("/chat/completions" if TRANSLATION else "/v1/" + rest)
+    url = UPSTREAM + (OPENAI_PATH or "/v1/" + rest)
     upstream = session.post(url, data=request.get_data(), stream=True,
                             headers={"content-type": "application/json", "authorization": "Bearer bench"})
     ctype = upstream.headers.get("content-type", "application/json")

@@ -25,7 +25,7 @@ from typing import Any
 import gevent
 
 MARKER = b"zq"  # every bench content delta carries one "zqNNN " word
-_END_MARKERS = (b"message_stop", b"[DONE]")
+_END_MARKERS = (b"message_stop", b"[DONE]", b"response.completed")
 
 
 class HttpError(Exception):
@@ -47,7 +47,7 @@ class _Conn:
             pass
 
 
-def _request(conn: _Conn, payload: bytes, stream: bool, now=time.perf_counter) -> dict:
+def _request(conn: _Conn, payload: bytes, stream: bool, now=time.perf_counter, marker: bytes = MARKER) -> dict:
     """Send one request and read its response; returns timings (seconds from send)."""
     sock = conn.sock
     t0 = now()
@@ -140,7 +140,7 @@ def _request(conn: _Conn, payload: bytes, stream: bool, now=time.perf_counter) -
                     parts = pending.split(b"\n\n")
                     pending = parts.pop()
                     for event in parts:
-                        if MARKER in event:
+                        if marker in event:
                             deltas.append(t_data)
         if done:
             break
@@ -169,6 +169,9 @@ def run_job(job: dict) -> dict:
     head += "Content-Length: %d\r\n\r\n" % len(body)
     payload = head.encode("latin-1") + body
     stream = bool(job.get("stream"))
+    # which events are content deltas: the marker word, or (Responses API, whose done events repeat the
+    # text) the delta event's type
+    marker = str(job.get("marker") or MARKER.decode()).encode()
     expect = int(job.get("expect_deltas") or 0)
     timeout = float(job.get("timeout") or 60)
     total = int(job["requests"])
@@ -201,7 +204,7 @@ def run_job(job: dict) -> dict:
             try:
                 if conn is None:
                     conn = _Conn(host, port, timeout)
-                r = _request(conn, payload, stream)
+                r = _request(conn, payload, stream, marker=marker)
             except (OSError, HttpError, ValueError) as exc:
                 errors.append("%s: %s" % (type(exc).__name__, exc))
                 if conn is not None:

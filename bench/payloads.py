@@ -133,3 +133,13 @@ def to_openai(body: dict) -> dict:
 
 def encode(body: dict) -> bytes:
     return json.dumps(body).encode()
+
+
+def to_responses(body: dict) -> dict:
+    """The Responses API equivalent of an Anthropic body (for the direct side only): the proxy's own converter."""
+    from app.translation.models import Route, wants_thinking
+    from app.translation.responses_request import anthropic_to_responses
+
+    route = Route(model="gpt-bench", max_tokens=min(int(body.get("max_tokens") or 1024), 32000),
+                  reasoning=wants_thinking(body))
+    return anthropic_to_responses(body, route, stream=bool(body.get("stream")), signing_key=b"bench")

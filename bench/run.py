@@ -38,6 +38,11 @@ CLIENT_HEADERS = {  # what Claude Code 2.1 sends (fixtures/claude-code-2.1.197/h
     "accept-encoding": "identity",
 }
 OPENAI_HEADERS = {"accept": "application/json", "authorization": "Bearer test-key"}
+# In the responses mode this model goes to Chat Completions through the same proxy (MODEL_MAP), measured in
+# the same rounds, so the two paths are compared under the same load.
+CHAT_BESIDE_MODEL = "bench-chat-beside"
+CHAT_BESIDE = "chat beside responses"
+BESIDE_DIRECT, BESIDE_PROXY = "chat-direct", "chat-proxy"  # sides of the responses mode's Chat rows
 ANTHROPIC_HEADERS = {"accept": "application/json", "anthropic-version": "2023-06-01",
                      "x-api-key": "sk-ant-api03-bench"}
 
@@ -277,7 +282,7 @@ def check_targets(rows: list[Row]) -> list[str]:
         sides = tuple(index.get((mode, name, side)) for side in ("direct", "bare", "proxy"))
         return sides if all(x and x.lat and x.sent for x in sides) else None  # type: ignore[return-value]
 
-    for mode in sorted({r.mode for r in rows}):
+    for mode in sorted({r.mode for r in rows} - {CHAT_BESIDE}):
         pair = both(mode, "json 2KB c=1")
         if pair:
             added = pct(pair[1].lat, 50) - pct(pair[0].lat, 50)  # type: ignore[operator]
@@ -333,7 +338,33 @@ def check_targets(rows: list[Row]) -> list[str]:
             ratio = (b.cpu / b.sent) / (p.cpu / p.sent)
             out.append("%s: small JSON c=32, requests per CPU-second: %.0f vs bare relay %.0f (%.2fx; target >= "
                        "1.5x) %s" % (mode, p.sent / p.cpu, b.sent / b.cpu, ratio, verdict(ratio >= 1.5)))
+    out.extend(_responses_vs_chat(index))
     return out
+
+
+def _responses_vs_chat(index: dict) -> list[str]:
+    """The Responses path may cost no more than the Chat Completions path, measured in the same rounds through
+    the same proxy: added latency and CPU per request, case by case (within 5% or 0.05 ms, the noise of one
+    case on this machine)."""
+    out = []
+    for name in ("json 2KB c=1", "json 200KB c=1", "stream 2KB c=1", "stream 200KB c=1"):
+        sides = [index.get((m, name, s)) for m in (CHAT_BESIDE, "responses") for s in ("direct", "proxy")]
+        if not all(sides) or not all(x.lat for x in sides):
+            continue
+        chat_d, chat_p, resp_d, resp_p = sides
+        chat = pct(chat_p.lat, 50) - pct(chat_d.lat, 50)  # type: ignore[operator]
+        resp = pct(resp_p.lat, 50) - pct(resp_d.lat, 50)  # type: ignore[operator]
+        ok = resp <= chat + max(abs(chat) * 0.05, 0.00005)
+        out.append("responses vs chat: added latency, %s: %.2f ms vs %.2f ms %s"
+                   % (name, resp * 1000, chat * 1000, "PASS" if ok else "FAIL"))
+    for name in ("json 2KB c=32", "stream 2KB c=32", "json 200KB c=1", "stream 200KB c=1"):
+        chat_p, resp_p = index.get((CHAT_BESIDE, name, "proxy")), index.get(("responses", name, "proxy"))
+        if not chat_p or not resp_p or not chat_p.sent or not resp_p.sent:
+            continue
+        chat, resp = chat_p.cpu / chat_p.sent, resp_p.cpu / resp_p.sent
+        ok = resp <= chat + max(chat * 0.05, 0.00005)
+        out.append("responses vs chat: proxy CPU per request, %s: %.3f ms vs %.3f ms %s"
+                   % (name, resp * 1000, chat * 1000, "PASS" if ok else "FAIL"))
 
 
 def machine_info() -> str:
@@ -375,17 +406,22 @@ class Bench:
         for size in ("small", "large"):
             for stream in (False, True):
                 body = payloads.small_request(stream) if size == "small" else payloads.long_conversation(stream)
-                for api, data in (("anthropic", body), ("openai", payloads.to_openai(body))):
+                beside = dict(body, model=CHAT_BESIDE_MODEL)
+                for api, data in (("anthropic", body), ("openai", payloads.to_openai(body)),
+                                  ("responses", payloads.to_responses(body)), ("anthropic-chat", beside)):
                     path = self.tmp / ("%s-%s-%s.json" % (api, size, "stream" if stream else "json"))
                     path.write_bytes(payloads.encode(data))
                     self.bodies[(api, size, stream)] = str(path)
         self.rows: list[Row] = []
 
     def _job(self, port: int, path: str, headers: dict, api: str, case: Case, requests: int) -> dict:
-        return {"host": "127.0.0.1", "port": port, "path": path, "headers": headers,
-                "body_file": self.bodies[(api, case.size, case.stream)], "concurrency": case.concurrency,
-                "requests": requests, "stream": case.stream, "expect_deltas": case.group.chunks,
-                "timeout": 120}
+        job = {"host": "127.0.0.1", "port": port, "path": path, "headers": headers,
+               "body_file": self.bodies[(api, case.size, case.stream)], "concurrency": case.concurrency,
+               "requests": requests, "stream": case.stream, "expect_deltas": case.group.chunks,
+               "timeout": 120}
+        if api == "responses":
+            job["marker"] = "response.output_text.delta"  # its done events repeat the whole text
+        return job
 
     def jobs(self, mode: str, case: Case, fake: FakeUpstream, ports: dict[str, int],
              requests: int) -> dict[str, dict]:
@@ -394,12 +430,24 @@ class Bench:
         if mode == "translation":
             jobs = {"direct": self._job(fake.port, prefix + "/chat/completions", OPENAI_HEADERS, "openai", case,
                                         requests)}
+        elif mode == "responses":
+            jobs = {"direct": self._job(fake.port, prefix + "/responses", OPENAI_HEADERS, "responses", case,
+                                        requests)}
         else:
             jobs = {"direct": self._job(fake.port, prefix + "/v1/messages", ANTHROPIC_HEADERS, "anthropic", case,
                                         requests)}
         for side, port in ports.items():
             jobs[side] = self._job(port, "/v1/messages", CLIENT_HEADERS, "anthropic", case, requests)
         return jobs
+
+    def beside_jobs(self, case: Case, fake: FakeUpstream, proxy_port: int | None, requests: int) -> tuple:
+        """The Chat Completions path measured beside the responses mode: direct, and through the same proxy."""
+        direct = self._job(fake.port, case.group.prefix + "/chat/completions", OPENAI_HEADERS, "openai", case,
+                           requests)
+        proxied = None
+        if proxy_port is not None:
+            proxied = self._job(proxy_port, "/v1/messages", CLIENT_HEADERS, "anthropic-chat", case, requests)
+        return direct, proxied
 
     def measure(self, driver: Driver, job: dict, side: Side, pids: list[int], sample_rss: bool) -> None:
         cpu0 = procstat.tree_cpu(pids)
@@ -438,13 +486,24 @@ class Bench:
         ports = {name: server.port for name, server in servers.items()}
         sides = {"direct": Side(), **{name: Side() for name in servers}}
         pids = {"direct": [fake.pid], **{name: procstat.tree(server.pid) for name, server in servers.items()}}
+        # the responses mode also measures the Chat path through the same proxy, in the same rounds
+        beside = mode == "responses" and not case.rss_per_stream and "proxy" in servers
+        if beside:
+            sides.update({BESIDE_DIRECT: Side(), BESIDE_PROXY: Side()})
+            pids.update({BESIDE_DIRECT: pids["direct"], BESIDE_PROXY: pids["proxy"]})
         for r in range(rounds):
-            order = list(self.jobs(mode, case, fake, ports, per_round).items())
+            jobs = self.jobs(mode, case, fake, ports, per_round)
+            if beside:
+                jobs[BESIDE_DIRECT], jobs[BESIDE_PROXY] = self.beside_jobs(case, fake, ports["proxy"], per_round)
+            order = list(jobs.items())
             shift = r % len(order)  # rotate who goes first, so drift hits every side
             for name, job in order[shift:] + order[:shift]:
                 self.measure(driver, job, sides[name], pids[name], case.rss_per_stream)
         for name, side in sides.items():
-            self.rows.append(Row(mode, case, name, side))
+            if name in (BESIDE_DIRECT, BESIDE_PROXY):
+                self.rows.append(Row(CHAT_BESIDE, case, "direct" if name == BESIDE_DIRECT else "proxy", side))
+            else:
+                self.rows.append(Row(mode, case, name, side))
             if side.errors:
                 self.log("  %s %s %s: %d errors, e.g. %s" % (mode, case.name, name, side.errors,
                                                                side.error_samples[:2]))
@@ -477,11 +536,14 @@ def bare_relay(mode: str, upstream: str) -> ProxyServer:
 
 
 def proxy_env(mode: str, upstream: str, database_url: str | None) -> dict:
-    env = {"PROXY_MODE": mode, "DEBUG": "false", "LOG_LEVEL": "WARNING"}
-    if mode == "translation":
+    env = {"PROXY_MODE": "translation" if mode == "responses" else mode, "DEBUG": "false", "LOG_LEVEL": "WARNING"}
+    if mode in ("translation", "responses"):
         env.update(ANTHROPIC_PROXY_BASE_URL=upstream, CLAUDE_CODE_PROXY_API_KEY="test-key")
     else:
         env.update(CLAUDE_API_BASE_URL=upstream, CLAUDE_API_KEY="sk-ant-api03-bench")
+    if mode == "responses":
+        env.update(UPSTREAM_API="responses",
+                   MODEL_MAP=json.dumps({CHAT_BESIDE_MODEL: {"model": "gpt-bench", "api": "chat"}}))
     if database_url:
         env["DATABASE_URL"] = database_url
     return env
@@ -516,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="append", default=[], metavar="FILE",
                         help="replace the text between '%s' and '%s' in FILE with the results (repeatable)"
                              % (MARK_START, MARK_END))
-    parser.add_argument("--modes", default="translation,passthrough")
+    parser.add_argument("--modes", default="translation,responses,passthrough",
+                        help="translation (to Chat Completions), responses (translation to the Responses API), "
+                             "passthrough")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
     parser.add_argument("--rounds", type=int, default=3, help="alternating direct/proxy batches per case")
     parser.add_argument("--workers", type=int, default=1, help="WEB_CONCURRENCY for the proxy")

@@ -1,10 +1,11 @@
-"""Translation mode: an Anthropic request in, an OpenAI Chat Completions call out, an Anthropic answer back."""
+"""Translation mode: an Anthropic request in, an OpenAI call out (Chat Completions or the Responses API),
+an Anthropic answer back."""
 from __future__ import annotations
 
 
 from .. import jsoncodec, logs
 from ..client_key import presented_key
-from ..errors import ProxyError, from_upstream, invalid_request, upstream_host
+from ..errors import ProxyError, from_upstream, invalid_request, status_for_error_type, upstream_host
 from ..exchange import SSE_HEADERS, Incoming, Reply, json_reply
 from ..masking import mask_secret
 from ..records import RequestRecord
@@ -14,10 +15,13 @@ from .relay import read_error_body, relay_stream, stream_failure, upstream_http_
 from .upstream import UpstreamClient, close_quietly
 from ..sse import SSEDecoder
 from .thinking_key import ThinkingKey
-from ..translation.models import ModelRouter
+from ..translation.models import ModelRouter, upstream_api
 from ..translation.profiles import select_profile
 from ..translation.request import Options, UnsupportedContent, anthropic_to_openai
 from ..translation.response import UpstreamFormatError, openai_to_anthropic
+from ..translation.responses_request import anthropic_to_responses
+from ..translation.responses_response import ResponseFailed, responses_to_anthropic
+from ..translation.responses_stream import IGNORED_EVENTS, ResponsesStreamTranslator
 from ..translation.stream import StreamTranslator
 from ..translation.tokens import count_input_tokens, estimate_input_tokens
 from ..translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
@@ -62,16 +66,23 @@ class Translator:
         chosen = self.router.route(body)
         rec.model_used = chosen.model
         signing_key = self.thinking_key.get()
-        options = Options(profile=self.profile, signing_key=signing_key, server_tools=self.settings.server_tools,
-                          upstream=self.upstream_host)
+        api = self.api_for(body)
         try:
-            payload = anthropic_to_openai(body, chosen, stream=stream, options=options)
+            if api == "responses":
+                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=signing_key,
+                                                 server_tools=self.settings.server_tools, upstream=self.upstream_host)
+            else:
+                options = Options(profile=self.profile, signing_key=signing_key,
+                                  server_tools=self.settings.server_tools, upstream=self.upstream_host)
+                payload = anthropic_to_openai(body, chosen, stream=stream, options=options)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
         key = self._upstream_key(inc)
         rec.api_key_masked = mask_secret(key)
         rec.auth_type = "api_key"
         headers = translation_headers(key, stream)
+        if api == "responses":
+            return self._responses(body, payload, headers, rec, stream)
         resp = self._send_handling_max_tokens(rec, chosen.model, headers, payload)
         model = rec.model_requested or chosen.model
         stop_sequences = body.get("stop_sequences") or ()
@@ -123,6 +134,49 @@ class Translator:
         except (ValueError, UpstreamFormatError) as exc:
             raise ProxyError(502, from_upstream(self.upstream_host, f"answered with an unusable body: {exc}"),
                              "api_error") from None
+        logs.debug_response(rec.request_id, 200, {}, message)
+        apply_usage(rec, usage_from_message(message))
+        rec.status = 200
+        return json_reply(200, message, [("request-id", rec.request_id)], on_close=lambda: self.recorder.finish(rec))
+
+    def api_for(self, body: dict, upstream=None) -> str:
+        """The upstream API for this request ("chat" or "responses"); `upstream` is an upstream entry."""
+        s = self.settings
+        return upstream_api(body.get("model"), model_map=s.model_map, model_apis=s.model_apis,
+                            default=s.upstream_api, upstream=upstream)
+
+    # -- the Responses API ------------------------------------------------------------------------
+    def _responses(self, body: dict, payload: dict, headers: dict, rec: RequestRecord, stream: bool) -> Reply:
+        logs.debug_outgoing(rec.request_id, self.responses_url, headers, payload, "API Key")
+        resp = self.upstream.send("POST", self.responses_url, headers, encode_body(payload))
+        if resp.status >= 400:
+            raise upstream_http_error(resp.status, read_error_body(resp), resp.headers)
+        model = rec.model_requested or rec.model_used
+        estimate = estimate_input_tokens(body)
+        if not stream:
+            return self._responses_json(resp, rec, model, estimate)
+        plug = ResponsesStream(ResponsesStreamTranslator(model=model, signing_key=self.thinking_key.get(),
+                                                         input_tokens=estimate), self.settings.max_sse_event_bytes)
+        rec.status = 200
+        body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
+                            shutting_down=lambda: self.upstream.shutting_down)
+        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
+
+    def _responses_json(self, resp, rec: RequestRecord, model: str, estimate: int) -> Reply:
+        try:
+            raw = resp.read()
+        except Exception as exc:
+            close_quietly(resp)
+            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            raise ProxyError(502, message, err_type) from None
+        close_quietly(resp, complete=True)
+        try:
+            message = responses_to_anthropic(jsoncodec.loads_lenient(raw), model=model, signing_key=self.thinking_key.get(),
+                                             input_tokens=estimate)
+        except ResponseFailed as exc:
+            raise ProxyError(status_for_error_type(exc.error_type), exc.message, exc.error_type) from None
+        except (ValueError, UpstreamFormatError) as exc:
+            raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
         logs.debug_response(rec.request_id, 200, {}, message)
         apply_usage(rec, usage_from_message(message))
         rec.status = 200
@@ -196,6 +250,66 @@ class TranslatedStream:
             return translator.error("api_error", "Upstream stream ended before it was complete")
         self.reusable = True
         return translator.finish()
+
+    def failure(self, error_type: str, message: str) -> bytes:
+        return self.translator.error(error_type, message)
+
+    def usage(self) -> Usage:
+        return self.translator.usage()
+
+
+class ResponsesStream:
+    """The Responses API plug of the relay frame: Responses events in, Anthropic events out.
+
+    The stream has no `[DONE]`: it ends with a terminal event (completed, incomplete, failed, error).
+    """
+
+    __slots__ = ("translator", "decoder", "done", "reusable")
+    # not parsed: message_start went out as the head, and these add nothing (some repeat the whole answer)
+    SKIP = IGNORED_EVENTS | {"response.created"}
+
+    def __init__(self, translator: ResponsesStreamTranslator, max_event: int) -> None:
+        self.translator = translator
+        self.decoder = SSEDecoder(max_event)
+        self.done = False
+        self.reusable = False
+
+    def head(self) -> bytes:
+        # message_start at once, as on the Chat path: no keep-alive ping can come before it
+        return self.translator.start()
+
+    def feed(self, chunk: bytes) -> bytes:
+        translator = self.translator
+        out = []
+        skip = self.SKIP
+        for event, data in self.decoder.feed(chunk):
+            if event in skip:
+                continue
+            try:
+                obj = jsoncodec.loads_lenient(data)
+            except ValueError:
+                out.append(translator.error("api_error", "Upstream sent a malformed stream event"))
+                self.done = True
+                break
+            piece = translator.feed(obj)
+            if piece:
+                out.append(piece)
+            if translator.done:
+                self.done = True
+                break
+        return b"".join(out) if len(out) != 1 else out[0]
+
+    def seen(self, out: bytes) -> None:
+        pass
+
+    def tail(self) -> bytes:
+        translator = self.translator
+        if translator.failed:
+            return b""
+        if not translator.done:
+            return translator.error("api_error", "Upstream stream ended before it was complete")
+        self.reusable = True
+        return b""
 
     def failure(self, error_type: str, message: str) -> bytes:
         return self.translator.error(error_type, message)

@@ -38,6 +38,37 @@ def _lookup(items: tuple[tuple[str, str], ...], model: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1024)
+def _matched_pattern(patterns: tuple[str, ...], model: str) -> str | None:
+    name = model.lower()
+    for pattern in patterns:
+        if re.match(fnmatch.translate(pattern.lower()), name):
+            return pattern
+    return None
+
+
+def upstream_api(
+    model: object,
+    *,
+    model_map: Mapping[str, str] | None,
+    model_apis: Mapping[str, str] | None,
+    default: str,
+    upstream: Mapping[str, object] | None = None,
+) -> str:
+    """Which OpenAI API a request goes to: "chat" or "responses".
+
+    The MODEL_MAP entry that routes the model decides when it names an api, then the upstream entry
+    (its "api"), then the default (UPSTREAM_API).
+    """
+    if model_apis and model_map and isinstance(model, str):
+        pattern = _matched_pattern(tuple(model_map), model)
+        if pattern is not None and pattern in model_apis:
+            return model_apis[pattern]
+    if upstream is not None and upstream.get("api") in ("chat", "responses"):
+        return upstream["api"]  # type: ignore[return-value]
+    return default
+
+
 class ModelRouter:
     """The model choice and max_tokens cap, built once from the settings."""
 

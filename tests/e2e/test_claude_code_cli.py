@@ -98,6 +98,13 @@ def translation_cli_retry_proxy(fake_upstream_server, tmp_path_factory) -> Itera
 
 
 @pytest.fixture(scope="module")
+def responses_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer]:
+    env = _translation_env(fake_upstream_server, "translation-responses/proxy", CLAUDE_CODE_PROXY_API_KEY=SERVER_KEY)
+    with _proxy(tmp_path_factory, env) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
 def own_key_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer]:
     env = _translation_env(fake_upstream_server, "translation-own-key/proxy")
     assert "CLAUDE_CODE_PROXY_API_KEY" not in env
@@ -274,6 +281,42 @@ def test_translation_with_each_users_own_key(claude, fake, own_key_proxy, projec
     posts = _posts(fake, "/chat/completions")
     assert len(posts) == 2
     assert all(p["headers"].get("authorization") == "Bearer " + USER_KEY for p in posts)
+
+
+def test_translation_to_the_responses_api_carries_reasoning_across_the_tool_turn(claude, fake, responses_proxy,
+                                                                                  project, trap):
+    doc = doc_env("translation-responses/proxy")
+    before = token_stats(responses_proxy.url)
+    run = _run(claude, project, responses_proxy, _client("translation-server-key/client", responses_proxy), trap)
+    assert_read_and_answered(run, project)
+
+    posts = _posts(fake, "/responses")
+    assert len(posts) == 2, [p["body"].get("input", [])[-1:] for p in posts]
+    assert not fake.requests("/chat/completions") and not fake.requests("/v1/messages")
+    for post in posts:
+        body = post["body"]
+        assert post["model"] == doc["REASONING_MODEL"]  # Claude Code asks for (adaptive) thinking
+        assert post["headers"].get("authorization") == "Bearer " + SERVER_KEY
+        assert body["store"] is False and body["include"] == ["reasoning.encrypted_content"]
+        assert body["reasoning"]["summary"] == "auto" and body["reasoning"]["effort"] in ("low", "medium", "high")
+        assert body["instructions"] and body["stream"] is True
+        assert body["prompt_cache_key"] == run.result["session_id"]  # one conversation, one upstream cache
+        assert all(t["strict"] is False for t in body["tools"])
+    # the thinking block the CLI got from turn 1 came back in turn 2 as the very reasoning item the fake issued
+    state = fake._control("GET", "responses")
+    first_items = state["issued"]
+    sent_back = [i for i in posts[1]["body"]["input"] if i["type"] == "reasoning"]
+    assert len(sent_back) == 1 and state["returned"] == [sent_back[0]["id"]], state
+    assert first_items[sent_back[0]["id"]] == sent_back[0]["encrypted_content"]
+    kinds = [i["type"] for i in posts[1]["body"]["input"]]
+    assert kinds[kinds.index("reasoning"):] == ["reasoning", "message", "function_call", "function_call_output"], kinds
+    assert any(b.get("type") == "thinking" and "Planning the read" in b.get("thinking", "")
+               for e in run.events if e.get("type") == "assistant" for b in e["message"].get("content") or [])
+
+    after = _stats_after(responses_proxy, before, "127.0.0.1", 2)
+    counted = stats_delta(before, after, "stats", "127.0.0.1")
+    assert counted["requestCount"] == 2 and counted["toolCallCount"] == 1 and counted["errorCount"] == 0, counted
+    assert_same_usage(run, counted)
 
 
 # -- 3, 4 and the domain mapping: passthrough mode ---------------------------------------------------

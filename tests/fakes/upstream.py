@@ -8,6 +8,7 @@ It prints exactly one line ``PORT <n>`` on stdout once listening. Endpoints (``<
 ``/bench/<chunks>/<first_byte_ms>/<gap_ms>`` for the benchmark's precomputed answers):
 
 - ``POST <prefix>/chat/completions``             OpenAI-compatible, JSON or SSE
+- ``POST <prefix>/responses``                    OpenAI Responses API, JSON or SSE (see tests.fakes.responses)
 - ``POST <prefix>/v1/messages``                  Anthropic, JSON or SSE
 - ``POST <prefix>/v1/messages/count_tokens``     ``{"input_tokens": n}``
 - ``GET  <prefix>/v1/models``                    a short model list
@@ -47,8 +48,10 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 try:
     from tests.fakes import profiles as upstream_profiles
+    from tests.fakes import responses as responses_api
 except ImportError:  # pragma: no cover - run as a script from another directory
     import profiles as upstream_profiles  # type: ignore[no-redef]
+    import responses as responses_api  # type: ignore[no-redef]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -62,11 +65,14 @@ _ENDPOINTS = (  # longest first: suffix match
     "/v1/messages/count_tokens",
     "/v1/chat/completions",
     "/chat/completions",
+    "/v1/responses",
+    "/responses",
     "/v1/oauth/token",
     "/v1/messages",
     "/v1/models",
 )
-_ENDPOINT_ALIAS = {"/v1/chat/completions": "/chat/completions"}
+_ENDPOINT_ALIAS = {"/v1/chat/completions": "/chat/completions", "/v1/responses": "/responses"}
+_OPENAI_ENDPOINTS = ("/chat/completions", "/responses")
 _PROFILE_RE = re.compile(r"^/profile/([a-z]+)/")
 _ANTHROPIC_ENDPOINTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/models")
 _ERROR_TYPES = {
@@ -107,6 +113,9 @@ class FakeState:
         self.oauth_serial = 0
         self.compress = False
         self.bench_requests = 0
+        self.reasoning_issued: dict[str, str] = {}  # Responses API: reasoning item id -> encrypted content
+        self.reasoning_returned: list[str] = []  # ids of issued reasoning items that came back in an input
+        self.cache_prompts: dict[str, bytes] = {}  # prompt_cache_key -> the last request body under it
         self.cache = upstream_profiles.CacheMemory()
         old = getattr(self, "release", None)
         self.release = gevent.event.Event()
@@ -459,6 +468,36 @@ class BenchPayloads:
                                               "total_tokens": 999000222})
         self.openai_usage = (sse_data(usage).replace(b"%", b"%%").replace(b"999000111", b"%d")
                              .replace(b"999000222", b"%d"))
+        # OpenAI Responses API: the same words as output_text deltas; %d are the input and total tokens
+        resp_usage = {"input_tokens": 999000111, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": 999000222}
+        part = {"type": "output_text", "annotations": [], "text": text}
+        item = {"id": "msg_bench", "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+        response = {"id": "resp_bench", "object": "response", "created_at": 1700000000, "status": "completed",
+                    "model": "bench-model", "output": [item], "usage": resp_usage}
+        self.responses_json = (_dumps(response).replace("%", "%%").replace("999000111", "%d")
+                               .replace("999000222", "%d").encode())
+
+        def event(kind: str, **fields: Any) -> bytes:
+            return sse_event(kind, dict(fields, type=kind))
+
+        begun = dict(response, status="in_progress", output=[], usage=None)
+        where = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+        deltas_r = [event("response.output_text.delta", delta=w, **where) for w in words]
+        self.responses_head = (
+            event("response.created", response=begun) + event("response.in_progress", response=begun)
+            + event("response.output_item.added", output_index=0, item=dict(item, status="in_progress", content=[]))
+            + event("response.content_part.added", part=dict(part, text=""), **where)
+        ).replace(b"%", b"%%") + deltas_r[0]
+        self.responses_deltas = deltas_r[1:]
+        # "type" last, so the end of the stream names its terminal event (the benchmark driver looks there)
+        self.responses_tail = (
+            event("response.output_text.done", text=text, **where)
+            + event("response.content_part.done", part=part, **where)
+            + event("response.output_item.done", output_index=0, item=item)
+        ).replace(b"%", b"%%") + (event("response.completed", response=response).replace(b"%", b"%%")
+                                  .replace(b"999000111", b"%d").replace(b"999000222", b"%d"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -512,6 +551,15 @@ class FakeApp:
         if endpoint in _ANTHROPIC_ENDPOINTS and state.valid_tokens and not ctx.authorized():
             return ctx.json(401, {"type": "error", "error": {"type": "authentication_error",
                                                              "message": "invalid x-api-key"}})
+        if endpoint == "/responses" and method == "POST" and bench is None:
+            # the real API checks the request before anything else, scripted answers included
+            try:
+                responses_api.validate(ctx.parsed, state.reasoning_issued)
+            except responses_api.Invalid as exc:
+                return ctx.json(400, exc.body())
+            inp = ctx.parsed.get("input")
+            if isinstance(inp, list):
+                state.reasoning_returned.extend(i["id"] for i in inp if i.get("type") == "reasoning")
         if endpoint == "/chat/completions" and method == "POST" and isinstance(ctx.parsed, dict):
             profile = _profile_of(ctx)
             refused = upstream_profiles.refusal(profile, ctx.parsed) if profile else None
@@ -520,7 +568,7 @@ class FakeApp:
         queue = state.scripts.get(endpoint)
         if queue:
             return self._scripted(ctx, queue.popleft(), method)
-        if bench is not None and method == "POST" and endpoint in ("/chat/completions", "/v1/messages"):
+        if bench is not None and method == "POST" and endpoint in ("/chat/completions", "/v1/messages", "/responses"):
             return self._bench(ctx, bench)
         return self._model(ctx, method, {})
 
@@ -553,6 +601,8 @@ class FakeApp:
         elif path == "/_fake/stats":
             result = {"requests": len(state.requests), "bench_requests": state.bench_requests,
                       "scripts_left": {k: len(v) for k, v in state.scripts.items() if v}}
+        elif path == "/_fake/responses":
+            result = {"issued": dict(state.reasoning_issued), "returned": list(state.reasoning_returned)}
         elif path == "/_fake/health":
             pass
         else:
@@ -568,15 +618,22 @@ class FakeApp:
         raw = ctx.raw
         tokens = len(raw) // 4
         openai = ctx.endpoint == "/chat/completions"
+        responses = ctx.endpoint == "/responses"
         if not _STREAM_RE.search(raw):
             if bench.first_byte:
                 gevent.sleep(bench.first_byte)
-            if openai:
+            if responses:
+                body = bench.responses_json % (tokens, tokens + bench.out_tokens)
+            elif openai:
                 body = bench.openai_json % (tokens, tokens + bench.out_tokens)
             else:
                 body = bench.anthropic_json % tokens
-            return ctx.send(200, body, "application/json", openai)
-        if openai:
+            return ctx.send(200, body, "application/json", openai or responses)
+        if responses:
+            head = bench.responses_head
+            deltas = bench.responses_deltas
+            tail = bench.responses_tail % (tokens, tokens + bench.out_tokens)
+        elif openai:
             head = bench.openai_head
             deltas = bench.openai_deltas
             tail = bench.openai_tail
@@ -599,7 +656,7 @@ class FakeApp:
                 yield delta
             yield tail
 
-        return ctx.stream(stream(), openai)
+        return ctx.stream(stream(), openai or responses)
 
     # -- scripted responses -------------------------------------------------------------------------
 
@@ -611,11 +668,13 @@ class FakeApp:
             _drop(ctx.environ)
         status = int(spec.get("status", 200))
         headers = {k.lower(): str(v) for k, v in (spec.get("headers") or {}).items()}
-        openai = ctx.endpoint == "/chat/completions"
+        openai = ctx.endpoint in _OPENAI_ENDPOINTS
+        if ctx.endpoint == "/responses":
+            self._remember_reasoning(spec)
         if "sse" in spec:
             pieces = [scripted_sse_item(item) for item in spec["sse"]]
             # stop_mid_event cuts the last listed event, so no [DONE] is added after it
-            if (openai and not spec.get("no_done") and not spec.get("stop_mid_event")
+            if (ctx.endpoint == "/chat/completions" and not spec.get("no_done") and not spec.get("stop_mid_event")
                     and not any(b"[DONE]" in p for p in pieces)):
                 pieces.append(b"data: [DONE]\n\n")
             return ctx.stream(_paced(pieces, spec), openai, status, headers, spec)
@@ -631,6 +690,46 @@ class FakeApp:
                 "application/json", openai, headers)
         return self._model(ctx, method, spec, headers)
 
+    def _remember_reasoning(self, spec: dict) -> None:
+        """Reasoning items in a scripted Responses answer count as issued (they may come back)."""
+        found: list[dict] = []
+        if isinstance(spec.get("json"), dict):
+            found.extend(spec["json"].get("output") or ())
+        for item in spec.get("sse") or ():
+            data = item.get("data") if isinstance(item, dict) and "event" in item else item
+            if isinstance(data, dict) and data.get("type") == "response.output_item.done":
+                found.append(data.get("item") or {})
+        for item in found:
+            if isinstance(item, dict) and item.get("type") == "reasoning" and item.get("encrypted_content"):
+                self.state.reasoning_issued[item["id"]] = item["encrypted_content"]
+
+    # -- the Responses API --------------------------------------------------------------------------
+
+    def _responses(self, ctx: "_Ctx", spec: dict, headers: dict | None) -> Iterable[bytes]:
+        req = ctx.parsed
+        state = self.state
+        items = responses_api.output_items(req, responses_api.plan(req))
+        for item in items:
+            if item["type"] == "reasoning" and "encrypted_content" in item:
+                state.reasoning_issued[item["id"]] = item["encrypted_content"]
+        tokens = len(ctx.raw) // 4
+        cached = 0
+        key = req.get("prompt_cache_key")
+        if isinstance(key, str):
+            before = state.cache_prompts.get(key, b"")
+            same = 0
+            for a, b in zip(before, ctx.raw):
+                if a != b:
+                    break
+                same += 1
+            cached = responses_api.cached_tokens(same // 4)
+            state.cache_prompts[key] = ctx.raw
+        response = responses_api.response_object(req, items, responses_api.usage_for(tokens, cached, items))
+        if not req.get("stream"):
+            return ctx.send(200, _dumps(response).encode(), "application/json", True, headers)
+        pieces = [sse_event(e["type"], e) for e in responses_api.stream_events(response)]
+        return ctx.stream(_paced(pieces, spec), True, 200, headers, spec)
+
     # -- the scripted model -------------------------------------------------------------------------
 
     def _model(self, ctx: "_Ctx", method: str, spec: dict, headers: dict | None = None) -> Iterable[bytes]:
@@ -643,6 +742,8 @@ class FakeApp:
             return ctx.json(200, {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]})
         if endpoint == "/v1/messages/count_tokens" and method == "POST":
             return ctx.json(200, {"input_tokens": len(ctx.raw) // 4})
+        if endpoint == "/responses" and method == "POST":
+            return self._responses(ctx, spec, headers)
         if endpoint not in ("/v1/messages", "/chat/completions") or method != "POST":
             return ctx.json(404, {"type": "error", "error": {"type": "not_found_error",
                                                             "message": "fake upstream: no route %s %s"
@@ -791,7 +892,7 @@ class _Ctx:
         return [body]
 
     def json(self, status: int, obj: Any) -> list[bytes]:
-        return self.send(status, _dumps(obj).encode(), "application/json", self.endpoint == "/chat/completions")
+        return self.send(status, _dumps(obj).encode(), "application/json", self.endpoint in _OPENAI_ENDPOINTS)
 
     def stream(self, pieces: Iterator[bytes], openai: bool, status: int = 200, extra: dict | None = None,
                spec: dict | None = None) -> Iterator[bytes]:

@@ -85,3 +85,31 @@ def test_named_env_file_must_exist(tmp_path):
     with pytest.raises(SettingsError) as info:
         load_env_files(str(tmp_path / "missing.env"))
     assert info.value.variable == "--env-file"
+
+
+def test_model_map_values_may_name_their_upstream_api():
+    s = Settings.from_env({"MODEL_MAP": '{"claude-*haiku*": "gpt-4.1-mini", '
+                                        '"claude-opus-*": {"model": "gpt-5", "api": "responses"}, '
+                                        '"claude-sonnet-*": {"model": "gpt-5-mini"}}',
+                           "UPSTREAM_API": "chat"})
+    assert s.model_map == {"claude-*haiku*": "gpt-4.1-mini", "claude-opus-*": "gpt-5", "claude-sonnet-*": "gpt-5-mini"}
+    assert list(s.model_map) == ["claude-*haiku*", "claude-opus-*", "claude-sonnet-*"]  # order kept: first match wins
+    assert s.model_apis == {"claude-opus-*": "responses"}
+    assert s.upstream_api == "chat" and Settings.from_env({}).upstream_api == "chat"
+    assert s.public_dict()["models"]["api"] == {
+        "reasoning": "chat", "completion": "chat",
+        "map": {"claude-*haiku*": "chat", "claude-opus-*": "responses", "claude-sonnet-*": "chat"}}
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"UPSTREAM_API": "completions"}, "'chat' or 'responses'"),
+    ({"MODEL_MAP": '{"x": {"model": "gpt-5", "api": "assistants"}}'}, "'chat' or 'responses'"),
+    ({"MODEL_MAP": '{"x": {"api": "responses"}}'}, "'x'"),
+    ({"MODEL_MAP": '{"x": {"model": "gpt-5", "effort": "high"}}'}, "unknown key 'effort'"),
+    ({"MODEL_MAP": '{"x": 5}'}, "'x'"),
+    ({"MODEL_MAP": '["x"]'}, "JSON object"),
+])
+def test_bad_upstream_api_settings_name_the_variable(env, fragment):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    assert info.value.variable == next(iter(env)) and fragment in str(info.value)

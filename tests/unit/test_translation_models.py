@@ -127,3 +127,18 @@ def test_claude_code_fixture_routes_to_reasoning_model():
     b = json.loads((FIXTURES / "messages-turn1.json").read_text())
     r = route(b, **SETTINGS)
     assert r == Route(model="deepseek-r1", max_tokens=32000, reasoning=True)
+
+
+def test_upstream_api_the_routing_map_entry_decides_then_the_upstream_then_the_default():
+    from app.translation.models import upstream_api
+
+    model_map = {"claude-opus-*": "gpt-5", "claude-*": "gpt-4.1"}
+    apis = {"claude-opus-*": "responses"}
+    kw = dict(model_map=model_map, model_apis=apis, default="chat")
+    assert upstream_api("Claude-Opus-4-1", **kw) == "responses"  # case-insensitive, like the model match
+    assert upstream_api("claude-sonnet-4-5", **kw) == "chat"  # the entry that routes it names no api
+    assert upstream_api("gpt-x", **kw) == "chat"
+    assert upstream_api("claude-sonnet-4-5", **kw, upstream={"api": "responses"}) == "responses"
+    assert upstream_api("claude-opus-4-1", model_map=model_map, model_apis=apis, default="chat",
+                        upstream={"api": "chat"}) == "responses"
+    assert upstream_api(None, model_map=None, model_apis=None, default="responses") == "responses"
