@@ -47,6 +47,7 @@ class Translator:
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
+        self.responses_url = settings.anthropic_proxy_base_url.rstrip("/") + "/responses"
         self.upstream_host = upstream_host(self.url)
         # What the upstream takes and sends back (UPSTREAM_PROFILE, else chosen by the base URL's host).
         self.profile = select_profile(settings.upstream_profile, settings.anthropic_proxy_base_url)
@@ -150,7 +151,7 @@ class Translator:
         logs.debug_outgoing(rec.request_id, self.responses_url, headers, payload, "API Key")
         resp = self.upstream.send("POST", self.responses_url, headers, encode_body(payload))
         if resp.status >= 400:
-            raise upstream_http_error(resp.status, read_error_body(resp), resp.headers)
+            raise upstream_http_error(resp.status, read_error_body(resp), resp.headers, self.upstream_host)
         model = rec.model_requested or rec.model_used
         estimate = estimate_input_tokens(body)
         if not stream:
@@ -159,7 +160,7 @@ class Translator:
                                                          input_tokens=estimate), self.settings.max_sse_event_bytes)
         rec.status = 200
         body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
-                            shutting_down=lambda: self.upstream.shutting_down)
+                            shutting_down=lambda: self.upstream.shutting_down, host=self.upstream_host)
         return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
 
     def _responses_json(self, resp, rec: RequestRecord, model: str, estimate: int) -> Reply:
@@ -167,7 +168,7 @@ class Translator:
             raw = resp.read()
         except Exception as exc:
             close_quietly(resp)
-            err_type, message = stream_failure(exc, self.upstream.shutting_down)
+            err_type, message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
             raise ProxyError(502, message, err_type) from None
         close_quietly(resp, complete=True)
         try:

@@ -187,7 +187,10 @@ def test_upstream_error_before_stream_keeps_status_and_message(client, fake, sta
         else:
             client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == status
-    assert info.value.body == {"type": "error", "error": {"type": error_type, "message": message}}
+    body = info.value.body
+    assert body["type"] == "error" and body["error"]["type"] == error_type
+    # the upstream's own words, said to be the upstream's (its host named), not the proxy's
+    assert body["error"]["message"].startswith("upstream 127.0.0.1:") and body["error"]["message"].endswith(message)
     if status == 429:
         assert info.value.response.headers.get("retry-after") == "3"
 
