@@ -29,7 +29,8 @@ class Services:
 
         self.settings = settings
         self.started_at = time.time()
-        for secret in (settings.claude_code_proxy_api_key, settings.claude_api_key, *settings.proxy_api_keys):
+        for secret in (settings.claude_code_proxy_api_key, settings.claude_api_key, *settings.proxy_api_keys,
+                       settings.metrics_token):
             if secret:
                 register_secret(secret)
         self.setup_dir = os.path.abspath(settings.client_setup_dir)
@@ -39,7 +40,7 @@ class Services:
         except StorageError as exc:
             # An unreachable database must not stop the proxy: usage is buffered until it is back.
             log.warning("usage store unavailable at start-up (%s); requests are served and usage is buffered", exc)
-        self.accounting = Accounting(settings, self.storage)
+        self.accounting = Accounting(settings, self.storage, journal=settings.usage_journal)
         self.telemetry = Telemetry(settings)
         self.slack = Slack(settings)
         store = self.storage if getattr(self.storage, "supports_credentials", False) else None

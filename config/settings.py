@@ -130,6 +130,13 @@ class SettingsSchema(Schema):
     max_body_mb = fields.Float(data_key="MAX_REQUEST_BODY_MB", validate=validate.Range(min=0.001, error="must be a positive number"),
                                error_messages={"invalid": "must be a number"})
     client_setup_dir = fields.String(data_key="CLIENT_SETUP_DIR", validate=validate.Length(min=1))
+    # Prometheus metrics (/metrics) and the usage journal that survives a killed worker
+    metrics_enabled = _Bool(data_key="METRICS_ENABLED")
+    metrics_token = fields.String(data_key="METRICS_TOKEN")
+    metrics_max_domains = _positive_int(data_key="METRICS_MAX_DOMAINS")
+    metrics_max_models = _positive_int(data_key="METRICS_MAX_MODELS")
+    usage_journal = _Bool(data_key="USAGE_JOURNAL")
+    usage_journal_dir = fields.String(data_key="USAGE_JOURNAL_DIR", validate=validate.Length(min=1))
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,13 @@ class Settings:
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
     client_setup_dir: str = "client-setup"
+    # Prometheus metrics (/metrics) and the usage journal that survives a killed worker
+    metrics_enabled: bool = True
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_max_domains: int = 200
+    metrics_max_models: int = 200
+    usage_journal: bool = True
+    usage_journal_dir: str | None = None  # default: usage-journal/ next to USAGE_DB_PATH
 
     @property
     def max_body_bytes(self) -> int:

@@ -8,7 +8,7 @@ from typing import Any, ContextManager, Sequence
 
 from app.records import RequestRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def apply_migrations(execute, migrations: Sequence[Sequence[str]], placeholder: str) -> None:
@@ -62,8 +62,12 @@ class Storage(abc.ABC):
         """Create or upgrade the schema, idempotently, recording the schema version."""
 
     @abc.abstractmethod
-    def write_batch(self, records: Sequence[RequestRecord]) -> None:
-        """In one transaction: bump the counters, insert one row per request, enforce retention."""
+    def write_batch(self, records: Sequence[RequestRecord], skip_existing: bool = False) -> None:
+        """In one transaction: bump the counters, insert one row per request, enforce retention.
+
+        `skip_existing` (records replayed from a journal): leave out request ids already stored, so a
+        record written just before its process was killed is not counted twice.
+        """
 
     @abc.abstractmethod
     def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:
@@ -164,6 +168,19 @@ def request_row(rec: RequestRecord) -> tuple:
         _count(rec.cache_creation_input_tokens), _count(rec.cache_read_input_tokens), _count(rec.tool_calls),
         _status(rec.status), _number(rec.duration_ms), _text(rec.error_type),
     )
+
+
+def new_rows(rows: list[tuple], existing: set) -> list[tuple]:
+    """`rows` without those whose request id is in `existing`, nor repeats within the batch."""
+    out = []
+    seen = set(existing)
+    for row in rows:
+        rid = row[1]
+        if rid in seen:
+            continue
+        seen.add(rid)
+        out.append(row)
+    return out
 
 
 def _status(value) -> int:
