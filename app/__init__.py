@@ -20,6 +20,7 @@ class Services:
         from app.services.access import AccessControl
         from app.services.accounting import Accounting
         from app.services.credentials import CredentialManager
+        from app.services.metrics import Metrics
         from app.services.notifications import Slack, Telemetry
         from app.services.passthrough import Passthrough
         from app.services.recording import Recorder
@@ -47,7 +48,9 @@ class Services:
         self.credentials = CredentialManager(settings, store=store)
         self.access = AccessControl(settings, self.credentials)
         self.upstream = UpstreamClient(settings)
-        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials)
+        self.metrics = Metrics(settings, self.accounting, self.telemetry, self.credentials)
+        self.upstream.on_retry = self.metrics.retry
+        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.metrics)
         self.translator = Translator(settings, self.upstream, self.recorder)
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
@@ -60,6 +63,7 @@ class Services:
         if self.settings.proxy_mode == "passthrough" or self.settings.domain_credential_mapping:
             self.credentials.validate_all()
         self.accounting.start()
+        self.metrics.start()
         self.telemetry.start()
         self.slack.start()
 
@@ -74,11 +78,12 @@ class Services:
                     part.stop(timeout)
             except Exception:
                 log.exception("stopping %s failed", type(part).__name__)
+        self.metrics.stop()
 
 
 def create_app(settings: Settings | None = None, *, start_background: bool = True) -> Flask:
     """Build the app: settings validated once, services built once, blueprints registered."""
-    from app.blueprints import health, messages, setup_files, stats
+    from app.blueprints import health, messages, metrics, setup_files, stats
     from app.handlers import register_error_handlers
     from app.logs import configure_logging
 
@@ -90,7 +95,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     app.json.ensure_ascii = False
     services = Services(settings)
     app.extensions["nexus"] = services
-    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp):
+    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp, metrics.bp):
         app.register_blueprint(blueprint)
     if not settings.translation:
         app.register_blueprint(messages.other_bp)

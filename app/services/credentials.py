@@ -344,6 +344,15 @@ class CredentialManager:
             }
         return out
 
+    def oauth_expiry(self) -> dict[str, int]:
+        """Mapped domain -> when its OAuth access token expires (epoch ms), for the metrics."""
+        out = {}
+        for slot in self._slots:
+            st = slot.state
+            if st.kind == "oauth" and st.expires_ms is not None:
+                out[slot.domain] = st.expires_ms
+        return out
+
     # ------------------------------------------------------------ internals: choice
 
     def _domain_credential(self, slot: _Slot) -> Credential:

@@ -12,7 +12,7 @@ from app.errors import ProxyError, error_json, error_type_for_status, sse_error_
 from app.exchange import Incoming, Reply
 from app.masking import mask_text
 from app.services.recording import last_user_text
-from app.services.relay import StreamBody, abandoned, stream_failure
+from app.services.relay import StreamBody, abandoned, failure_kind, status_kind, stream_failure
 from app.services.upstream import close_quietly, iter_body
 from app.sse import SSEDecoder
 from app.usage import StreamUsage, classify_request, usage_from_message
@@ -111,16 +111,20 @@ class Passthrough:
                 renewed.apply(headers)
                 resp = self.upstream.send(inc.method, url, headers, body)
         rec.status = resp.status
+        if resp.status >= 400:
+            rec.upstream_error = status_kind(resp.status)
         out_headers = response_headers(resp.headers)
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             rec.stream = True
             body = StreamBody(self._relay_stream(resp, rec, started), abandoned(resp, rec, self.recorder, started))
+            self.recorder.stream_opened(rec)
             return Reply(resp.status, out_headers, body, streaming=True)
         try:
             data = resp.read()
         except Exception as exc:
             close_quietly(resp)
             rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down)
+            rec.upstream_error = failure_kind(exc)
             data = error_json(rec.error_type, rec.error_message)
             rec.status = 502
             return Reply(502, [("content-type", "application/json")], data, lambda: self.recorder.finish(rec, started))
@@ -153,6 +157,7 @@ class Passthrough:
         # The answer's text is only needed for Slack; skipping it saves parsing every text delta.
         usage = StreamUsage(collect_text=self.slack_for(rec.domain))
         completed = False
+        first = True
         debug = log.isEnabledFor(logging.DEBUG)
         held = b""
         try:
@@ -168,6 +173,9 @@ class Passthrough:
                         continue
                 if b"event: error" in chunk:
                     chunk = _masked(chunk)
+                if first and b"_delta" in chunk:
+                    first = False
+                    self.recorder.first_token(rec, started)
                 yield chunk
                 if debug:
                     logs.debug_chunk(rec.request_id, chunk)
@@ -184,6 +192,7 @@ class Passthrough:
             raise
         except Exception as exc:
             rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down)
+            rec.upstream_error = failure_kind(exc)
             yield (b"\n\n" if decoder.pending else b"") + sse_error_event(rec.error_type, rec.error_message)
         finally:
             close_quietly(resp, complete=completed and rec.error_type is None)

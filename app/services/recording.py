@@ -1,4 +1,7 @@
-"""Hands each finished request to accounting, telemetry, Slack and the access log: once, never raising."""
+"""Hands each finished request to accounting, metrics, telemetry, Slack and the access log: once, never raising.
+
+The relay also tells it, for the metrics, when a stream opens and when its first token goes out.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,21 +14,33 @@ log = logging.getLogger("nexus")
 
 
 class Recorder:
-    def __init__(self, accounting, telemetry, slack, credentials) -> None:
+    def __init__(self, accounting, telemetry, slack, credentials, metrics=None) -> None:
         self.accounting = accounting
         self.telemetry = telemetry
         self.slack = slack
         self.credentials = credentials
+        self.metrics = metrics
 
     def finish(self, rec: RequestRecord, started: float) -> None:
         rec.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
             self.accounting.record(rec)
+            if self.metrics is not None:
+                self.metrics.request_finished(rec)
             self.telemetry.submit(rec)
             self.slack.submit(rec, self.credentials.slack_override_for(rec.domain))
             log_access_record(rec)
         except Exception:  # accounting must never break a request
             log.exception("recording request %s failed", rec.request_id)
+
+
+    def stream_opened(self, rec: RequestRecord) -> None:
+        if self.metrics is not None:
+            self.metrics.stream_opened(rec)
+
+    def first_token(self, rec: RequestRecord, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.first_token(rec, time.perf_counter() - started)
 
 
 def last_user_text(body: dict) -> str | None:

@@ -68,7 +68,19 @@ def upstream_http_error(status: int, body: bytes, headers) -> ProxyError:
     retry_after = headers.get("retry-after")
     if retry_after:
         extra["retry-after"] = retry_after
-    return ProxyError(status, upstream_error_message(status, body), error_type_for_status(status), extra)
+    err = ProxyError(status, upstream_error_message(status, body), error_type_for_status(status), extra)
+    err.upstream_kind = status_kind(status)
+    return err
+
+
+def status_kind(status: int) -> str:
+    """The metrics kind of an upstream's error status."""
+    return "status_5xx" if status >= 500 else "status_4xx"
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The metrics kind of an upstream that failed while its answer was being read."""
+    return "timeout" if isinstance(exc, ReadTimeoutError) else "mid_stream"
 
 
 def read_error_body(resp, limit: int = 65536) -> bytes:

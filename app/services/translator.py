@@ -12,8 +12,8 @@ from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
 from app.masking import mask_secret
 from app.services.access import presented_key
 from app.services.recording import last_user_text
-from app.services.relay import (StreamBody, abandoned, read_error_body, stream_failure, upstream_http_error,
-                                with_keepalive)
+from app.services.relay import (StreamBody, abandoned, failure_kind, read_error_body, stream_failure,
+                                upstream_http_error, with_keepalive)
 from app.services.upstream import close_quietly, iter_body
 from app.sse import SSEDecoder
 from app.translation.models import route
@@ -123,6 +123,7 @@ class Translator:
         translator = StreamTranslator(model=model, stop_sequences=stop_sequences,
                                       input_tokens=estimate_input_tokens(body))
         body = StreamBody(self._stream(resp, translator, rec, started), abandoned(resp, rec, self.recorder, started))
+        self.recorder.stream_opened(rec)
         return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
 
     def _json(self, resp, rec, model, stop_sequences, started) -> Reply:
@@ -131,7 +132,9 @@ class Translator:
         except Exception as exc:
             close_quietly(resp)
             err_type, message = stream_failure(exc, self.upstream.shutting_down)
-            raise ProxyError(502, message, err_type) from None
+            err = ProxyError(502, message, err_type)
+            err.upstream_kind = failure_kind(exc)
+            raise err from None
         close_quietly(resp, complete=True)
         try:
             upstream_json = json.loads(raw)
@@ -156,6 +159,7 @@ class Translator:
     def _stream(self, resp, translator: StreamTranslator, rec, started: float) -> Iterator[bytes]:
         rec.status = 200
         finished = False
+        first = True
         debug = log.isEnabledFor(logging.DEBUG)
         try:
             yield translator.start()
@@ -180,6 +184,9 @@ class Translator:
                         continue
                     out = translator.feed(obj)
                     if out:
+                        if first:
+                            first = False
+                            self.recorder.first_token(rec, started)
                         yield out
                     if translator.failed:
                         return
@@ -196,6 +203,7 @@ class Translator:
         except Exception as exc:
             err_type, message = stream_failure(exc, self.upstream.shutting_down)
             rec.error_type, rec.error_message = err_type, message
+            rec.upstream_error = failure_kind(exc)
             yield translator.error(err_type, message)
         finally:
             close_quietly(resp, complete=finished)

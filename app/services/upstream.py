@@ -41,6 +41,7 @@ class UpstreamClient:
             timeout=self.timeout,
         )
         self._sleep = sleep or time.sleep
+        self.on_retry = None  # called with the reason of each retry (metrics)
         # Open streaming responses, so a shutdown that runs out of time can end them cleanly.
         self._open: "weakref.WeakSet[urllib3.BaseHTTPResponse]" = weakref.WeakSet()
         self.shutting_down = False
@@ -69,29 +70,34 @@ class UpstreamClient:
                 )
             except (ConnectTimeoutError, NewConnectionError) as exc:
                 if last:
-                    raise ProxyError(502, f"Upstream unreachable: {_reason(exc)}", "api_error") from None
-                self._backoff(attempt, None, f"connection failed ({_reason(exc)})")
+                    raise _upstream(ProxyError(502, f"Upstream unreachable: {_reason(exc)}", "api_error"),
+                                    "connect") from None
+                self._backoff(attempt, None, f"connection failed ({_reason(exc)})", "connect")
                 continue
             except ReadTimeoutError:
-                raise ProxyError(504, f"Upstream did not answer within {self.settings.read_timeout:g}s", "timeout_error") from None
+                raise _upstream(ProxyError(504, f"Upstream did not answer within {self.settings.read_timeout:g}s",
+                                           "timeout_error"), "timeout") from None
             except (ProtocolError, HTTPError) as exc:
                 # The connection broke before any answer (e.g. a stale keep-alive socket): safe to retry.
                 if last:
-                    raise ProxyError(502, f"Upstream connection failed: {_reason(exc)}", "api_error") from None
-                self._backoff(attempt, None, f"connection error ({_reason(exc)})")
+                    raise _upstream(ProxyError(502, f"Upstream connection failed: {_reason(exc)}", "api_error"),
+                                    "connect") from None
+                self._backoff(attempt, None, f"connection error ({_reason(exc)})", "connection_error")
                 continue
             if resp.status in RETRY_STATUSES and not last:
                 wait = _retry_after(resp.headers.get("retry-after"))
                 if wait is None or wait <= self.settings.retry_max_wait:
                     resp.drain_conn()
                     resp.release_conn()
-                    self._backoff(attempt, wait, f"HTTP {resp.status}")
+                    self._backoff(attempt, wait, f"HTTP {resp.status}", f"status_{resp.status}")
                     continue
             self._open.add(resp)
             return resp
         raise AssertionError("unreachable")
 
-    def _backoff(self, attempt: int, retry_after: float | None, why: str) -> None:
+    def _backoff(self, attempt: int, retry_after: float | None, why: str, reason: str) -> None:
+        if self.on_retry is not None:
+            self.on_retry(reason)
         delay = retry_after if retry_after is not None else min(0.5 * 2 ** attempt, 8.0) * (0.5 + random.random() / 2)
         delay = min(delay, self.settings.retry_max_wait)
         log.info("upstream %s; retrying in %.2fs (attempt %d)", why, delay, attempt + 2)
@@ -137,6 +143,11 @@ def close_quietly(resp: urllib3.BaseHTTPResponse | None, complete: bool = False)
                 resp.connection.close()
     except Exception:
         pass
+
+
+def _upstream(err: ProxyError, kind: str) -> ProxyError:
+    err.upstream_kind = kind
+    return err
 
 
 def _retry_after(value: str | None) -> float | None:
