@@ -176,6 +176,7 @@ class BoundedLabels:
             value = _clean(value)
             if len(self._known) < self.limit:
                 self._known[value] = value
+        self._seeds = frozenset(self._known)
         self._room = self.limit - len(self._known)
 
     def label(self, value: str | None) -> str:
@@ -198,7 +199,7 @@ class BoundedLabels:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             admitted = _read_lines(fd)
-            others = [v for v in admitted if v not in self._known]
+            others = [v for v in admitted if v not in self._seeds]
             if value in admitted:
                 result = value
             elif len(others) < self._room:
@@ -490,7 +491,7 @@ class _Layout:
         self.reader: struct.Struct | None = None
         self.perm: tuple | None = None  # (catalog size, getter) mapping catalog slots to this file's values
 
-    def update(self, data: bytes, used: int, typ: str) -> None:
+    def update(self, data: bytes, used: int, typ: str, catalog: "_Catalog") -> None:
         if used <= self.used:
             return
         for key, pos in _read_keys(data, self.used, used):
@@ -498,7 +499,7 @@ class _Layout:
             parsed = _parse_key(key)
             self.keys.append(parsed)
             if typ != "gauge":
-                self.slots.append(_catalog.slot(key, typ, parsed))
+                self.slots.append(catalog.slot(key, typ, parsed))
         self.used = used
         fmt = ["<"]
         last = 0
@@ -508,9 +509,9 @@ class _Layout:
         self.reader = struct.Struct("".join(fmt))
         self.perm = None
 
-    def aligned(self, values: tuple) -> tuple:
+    def aligned(self, values: tuple, catalog: "_Catalog") -> tuple:
         """This file's values in catalog slot order (0.0 where the file has no such series)."""
-        n = len(_catalog.info)
+        n = len(catalog.info)
         if self.perm is None or self.perm[0] != n:
             zero = len(values)
             perm = [zero] * n
@@ -590,13 +591,17 @@ class _Catalog:
         return plan
 
 
-_catalog = _Catalog()
-_layouts: dict[str, _Layout] = {}
+# Per metrics directory (one in production; tests use several): the series seen and each file's layout.
+_state: dict[str, tuple["_Catalog", dict]] = {}
 
 
 def render_directory(path: str) -> bytes:
     """Merge every `*.db` file of `path` into Prometheus text format (0.0.4), the way prometheus_client's
     MultiProcessCollector merges them: counters and histograms summed over all files, gauges by mode."""
+    state = _state.get(path)
+    if state is None:
+        state = _state[path] = (_Catalog(), {})
+    catalog, layouts = state
     totals: list[float] = []
     gauges: dict[str, list] = {}  # metric -> [help, {(sample name, labels text) -> value}, {sid -> timestamp}]
     seen = set()
@@ -612,19 +617,19 @@ def render_directory(path: str) -> bytes:
         if len(data) < 8:
             continue
         seen.add(file)
-        layout = _layouts.get(file)
+        layout = layouts.get(file)
         if layout is None or layout.inode != inode:
-            layout = _layouts[file] = _Layout(inode)
+            layout = layouts[file] = _Layout(inode)
         try:
-            layout.update(data, _INT.unpack_from(data, 0)[0], typ)
+            layout.update(data, _INT.unpack_from(data, 0)[0], typ, catalog)
             values = layout.reader.unpack_from(data) if layout.reader is not None else ()
         except Exception as exc:
             log.warning("metrics file %s unreadable: %s", file, exc)
-            _layouts.pop(file, None)
+            layouts.pop(file, None)
             continue
         if typ != "gauge":
             if values:
-                row = layout.aligned(values)
+                row = layout.aligned(values, catalog)
                 totals = list(map(operator.add, totals, row)) if len(totals) == len(row) else \
                     _add_padded(totals, row)
             continue
@@ -651,12 +656,12 @@ def render_directory(path: str) -> bytes:
                     samples[sid] = value
             else:
                 samples[sid] = value
-    for gone in set(_layouts) - seen:
-        del _layouts[gone]
-    if len(totals) < len(_catalog.info):
-        totals = _add_padded(totals, [0.0] * len(_catalog.info))
+    for gone in set(layouts) - seen:
+        del layouts[gone]
+    if len(totals) < len(catalog.info):
+        totals = _add_padded(totals, [0.0] * len(catalog.info))
     blocks: list[tuple[str, str]] = []
-    for family in _catalog.plan():
+    for family in catalog.plan():
         if family[0] == "histogram":
             _typ, header, rows = family
             metric = header.split(" ", 3)[2]
