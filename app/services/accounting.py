@@ -75,14 +75,26 @@ class Accounting:
         self._stopped = False
         self._journal = None
         self._replayed: set[str] = set()  # request ids adopted from a dead process's journal
+        self._inflight: dict[str, RequestRecord] = {}  # begun, not finished (journaled again at each seal)
         self._journal_failed = False
 
     # --- the request path ------------------------------------------------------------------
 
-    def record(self, rec: RequestRecord) -> None:
-        """Queue one request's usage. O(1); never raises, never blocks, never does I/O."""
+    def begin(self, rec: RequestRecord) -> None:
+        """The upstream is about to be called: journal the request, so a kill cannot make it vanish."""
         journal = self._journal
         if journal is not None:
+            self._inflight[rec.request_id] = rec
+            try:
+                journal.append_begun(rec)
+            except Exception:
+                pass  # reported by record() if the journal keeps failing
+
+    def record(self, rec: RequestRecord) -> None:
+        """Queue one request's usage. O(1); never raises, never blocks; one append to the journal."""
+        journal = self._journal
+        if journal is not None:
+            self._inflight.pop(rec.request_id, None)
             try:
                 journal.append(rec)
             except Exception as exc:  # a full disk must not fail the request; the batch still has it
@@ -185,7 +197,11 @@ class Accounting:
         if journal is None:
             return 0
         try:
-            return journal.seal()
+            mark = journal.seal()
+            if self._inflight:
+                # Their "begun" lines are in the sealed segments, which go once the batch is written.
+                journal.append_begun_many(list(self._inflight.values()))
+            return mark
         except OSError:
             return 0
 
@@ -322,7 +338,8 @@ class Accounting:
         if self._journal is not None:
             journal, self._journal = self._journal, None
             try:
-                journal.close(keep=not written)
+                # Requests still in flight keep their "begun" lines for whoever replays this journal.
+                journal.close(keep=not written or bool(self._inflight))
             except OSError as exc:
                 log.warning("closing the usage journal failed: %s", exc)
         if final_report and self.report_interval > 0:

@@ -1,7 +1,9 @@
 """A per-process journal of usage records not yet in the store, so a killed worker loses none.
 
 Each record is appended (one JSON line, no fsync: the page cache outlives a killed process) before it
-joins the in-memory batch. The journal is a series of segments; the flusher seals the current one before
+joins the in-memory batch. A request also gets a shorter "begun" line just before the upstream is
+called, so one that was in flight when its worker was killed is still counted (as `worker_killed`,
+with no tokens): the upstream saw it, so the count must too. The journal is a series of segments; the flusher seals the current one before
 writing a batch and deletes the sealed segments once every record they hold is in the store.
 
 Whoever finds segments of a process that is gone replays them: a worker that starts (it adopts them into
@@ -62,7 +64,17 @@ def encode(rec: RequestRecord) -> bytes:
         return _dumps([v if isinstance(v, (str, int, bool, type(None))) else None for v in values]).encode() + b"\n"
 
 
+BEGUN = b"B"
+KILLED = "worker_killed"
+
+
+def encode_begun(rec: RequestRecord) -> bytes:
+    return BEGUN + encode(rec)
+
+
 def decode(line: bytes) -> RequestRecord | None:
+    if line[:1] == BEGUN:
+        line = line[1:]
     try:
         values = json.loads(line)
     except ValueError:
@@ -107,6 +119,16 @@ class Journal:
     def append_many(self, records: list[RequestRecord]) -> None:
         if records:
             os.write(self._fd, b"".join(encode(r) for r in records))
+            self._used = True
+
+    def append_begun(self, rec: RequestRecord) -> None:
+        os.write(self._fd, encode_begun(rec))
+        self._used = True
+
+    def append_begun_many(self, records) -> None:
+        data = b"".join(encode_begun(r) for r in records)
+        if data:
+            os.write(self._fd, data)
             self._used = True
 
     def seal(self) -> int:
@@ -171,17 +193,31 @@ def orphans(directory: str, tag: str, skip_owner: str | None = None) -> Iterator
 
 
 def read_segments(paths: list[str]) -> list[RequestRecord]:
-    out: list[RequestRecord] = []
+    """The records of a dead process: every finished one, plus one per request it had begun and not
+    finished (the worker died with it in flight)."""
+    finished: dict[str, RequestRecord] = {}
+    begun: dict[str, RequestRecord] = {}
     for path in paths:
         try:
             with open(path, "rb") as f:
                 for line in f:
                     rec = decode(line)
-                    if rec is not None:
-                        out.append(rec)
+                    if rec is None:
+                        continue
+                    if line[:1] == BEGUN:
+                        begun.setdefault(rec.request_id, rec)
+                    else:
+                        finished[rec.request_id] = rec
         except FileNotFoundError:
             continue
-    return out
+    for rid, rec in begun.items():
+        if rid not in finished:
+            rec.status = 0
+            rec.error_type = KILLED
+            rec.input_tokens = rec.output_tokens = rec.cache_read_input_tokens = 0
+            rec.cache_creation_input_tokens = rec.tool_calls = 0
+            finished[rid] = rec
+    return list(finished.values())
 
 
 def finish_orphan(directory: str, tag: str, owner: str, paths: list[str], fd: int) -> None:

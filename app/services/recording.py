@@ -34,6 +34,13 @@ class Recorder:
             log.exception("recording request %s failed", rec.request_id)
 
 
+    def begin(self, rec: RequestRecord) -> None:
+        """The upstream is about to be called (the accounting journals it, in case the worker dies)."""
+        try:
+            self.accounting.begin(rec)
+        except Exception:
+            log.exception("journaling request %s failed", rec.request_id)
+
     def stream_opened(self, rec: RequestRecord) -> None:
         if self.metrics is not None:
             self.metrics.stream_opened(rec)

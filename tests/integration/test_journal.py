@@ -44,6 +44,7 @@ CHILD = textwrap.dedent("""
     from app.storage import open_storage
     from config.settings import Settings
     env, n, flushed, keep_written = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+    in_flight = int(sys.argv[5])
     settings = Settings.from_env(env)
     storage = open_storage(settings)
     storage.migrate()
@@ -59,14 +60,16 @@ CHILD = textwrap.dedent("""
     assert acc.flush()
     for i in range(flushed, n):
         acc.record(rec(i))
+    for i in range(n, n + in_flight):  # the upstream has these; the kill lands before they finish
+        acc.begin(rec(i))
     print("ready", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """)
 
 
-def kill_a_worker(env: dict, n: int, flushed: int, keep_written: bool = False) -> None:
+def kill_a_worker(env: dict, n: int, flushed: int, keep_written: bool = False, in_flight: int = 0) -> None:
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(env), str(n), str(flushed),
-                           "1" if keep_written else "0"], cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                           "1" if keep_written else "0", str(in_flight)], cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)),
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "ready", proc.stderr
     assert proc.returncode == -9
@@ -125,6 +128,22 @@ def test_the_master_replays_a_dead_workers_journal_once(env):
     finally:
         storage.close()
     assert requests_of(settings) == 30
+
+
+def test_requests_in_flight_at_the_kill_are_counted_as_killed(env):
+    settings = settings_for(env)
+    kill_a_worker(env, n=10, flushed=4, in_flight=3)
+    storage = open_storage(settings)
+    try:
+        assert journal_mod.replay_into_store(settings, storage) == 9  # 6 finished + 3 begun
+        stats = storage.domain_stats()["team.example.com"]
+        rows = storage.model_stats()
+    finally:
+        storage.close()
+    assert stats["requestCount"] == 13  # what the upstream was asked for
+    assert stats["errorCount"] == 3
+    assert stats["inputTokens"] == 100  # the killed ones add no tokens
+    assert rows["m"]["requestCount"] == 13
 
 
 def test_a_live_workers_journal_is_left_alone(env):
