@@ -103,8 +103,7 @@ class Passthrough:
         body = inc.body if inc.method not in ("GET", "HEAD") else None
         headers = forward_headers(client_headers, credential)
         logs.debug_outgoing(rec.request_id, url, headers, inc.body, "OAuth" if credential.kind == "oauth" else "API Key")
-        self.recorder.begin(rec)
-        resp = self.upstream.send(inc.method, url, headers, body)
+        resp = self.upstream.send(inc.method, url, headers, body, on_sent=lambda: self.recorder.begin(rec))
         if resp.status == 401 and credential.kind == "oauth" and credential.source == "domain":
             renewed = self.credentials.refresh_after_unauthorized(credential)
             if renewed is not None:

@@ -105,9 +105,8 @@ class Translator:
         if chosen.model in self._completion_tokens_models:
             _use_max_completion_tokens(payload)
         logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
-        data = encode_body(payload)
-        self.recorder.begin(rec)
-        resp = self.upstream.send("POST", self.url, headers, data)
+        resp = self.upstream.send("POST", self.url, headers, encode_body(payload),
+                                  on_sent=lambda: self.recorder.begin(rec))
         if resp.status >= 400:
             error = read_error_body(resp)
             if resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import weakref
 from typing import Iterator, Mapping
@@ -21,12 +22,48 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
 from app.errors import ProxyError
 
 log = logging.getLogger("nexus.upstream")
 
 RETRY_STATUSES = frozenset({429, 503, 529})
 READ_SIZE = 65536
+
+# The callback of the request being sent in this greenlet (gevent patches threading.local).
+_sending = threading.local()
+
+
+class _NotifyingHTTPConnection(HTTPConnection):
+    """Calls the sender's `on_sent` once the whole request is written to the socket: from then on the
+    upstream has it even if this process dies, which is when the accounting journals the request."""
+
+    def request(self, *args, **kwargs):  # type: ignore[override]
+        super().request(*args, **kwargs)
+        _notify_sent()
+
+
+class _NotifyingHTTPSConnection(HTTPSConnection):
+    def request(self, *args, **kwargs):  # type: ignore[override]
+        super().request(*args, **kwargs)
+        _notify_sent()
+
+
+def _notify_sent() -> None:
+    callback = getattr(_sending, "callback", None)
+    if callback is not None:
+        _sending.callback = None
+        callback()
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _NotifyingHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _NotifyingHTTPSConnection
 
 
 class UpstreamClient:
@@ -40,6 +77,7 @@ class UpstreamClient:
             retries=False,
             timeout=self.timeout,
         )
+        self.pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
         self._sleep = sleep or time.sleep
         self.on_retry = None  # called with the reason of each retry (metrics)
         # Open streaming responses, so a shutdown that runs out of time can end them cleanly.
@@ -54,8 +92,10 @@ class UpstreamClient:
         body: bytes | None,
         *,
         decode_content: bool = True,
+        on_sent=None,
     ) -> urllib3.BaseHTTPResponse:
-        """Send a request and return the response with its body unread.
+        """Send a request and return the response with its body unread. `on_sent()` is called once the
+        request is on the wire (each attempt).
 
         Connection failures and 429/503/529 answers are retried `max_retries` times with backoff,
         honouring `retry-after` up to `retry_max_wait`. Failures become a ProxyError (502/504).
@@ -63,6 +103,7 @@ class UpstreamClient:
         attempts = self.settings.max_retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            _sending.callback = on_sent
             try:
                 resp = self.pool.urlopen(
                     method, url, body=body, headers=headers, preload_content=False,
@@ -84,6 +125,8 @@ class UpstreamClient:
                                     "connect") from None
                 self._backoff(attempt, None, f"connection error ({_reason(exc)})", "connection_error")
                 continue
+            finally:
+                _sending.callback = None
             if resp.status in RETRY_STATUSES and not last:
                 wait = _retry_after(resp.headers.get("retry-after"))
                 if wait is None or wait <= self.settings.retry_max_wait:
