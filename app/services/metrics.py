@@ -44,6 +44,7 @@ TOKEN_TYPES = (("input", "input_tokens"), ("output", "output_tokens"),
                ("cache_read", "cache_read_input_tokens"), ("cache_creation", "cache_creation_input_tokens"))
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "status_4xx", "status_5xx", "mid_stream", "client_disconnect")
 TELEMETRY_RESULTS = ("sent", "failed", "dropped")
+WARM_EVERY = 5  # seconds between looks for new series, off the request path
 OTHER = "other"
 UNKNOWN = "unknown"
 
@@ -370,12 +371,17 @@ class Metrics:
         import gevent
 
         def loop() -> None:
+            rounds = 0
             while True:
                 gevent.sleep(1.0)
                 try:
                     self.sync()
+                    if rounds % WARM_EVERY == 0:
+                        # A scrape then finds the series already learnt: it only reads the values.
+                        warm_directory(self.path, pause=lambda: gevent.sleep(0))
                 except Exception:  # pragma: no cover - the sampler must outlive a bug
                     log.exception("metrics sync failed")
+                rounds += 1
 
         self._sampler = gevent.spawn(loop)
 
@@ -439,7 +445,9 @@ _KEY_CACHE_MAX = 200_000
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
 
 
 def _num(value: float) -> str:
@@ -477,48 +485,44 @@ _INT = struct.Struct("<i")
 
 
 class _Layout:
-    """Where the values of one file are: entries are only ever appended, so each is learnt once, and every
-    later scrape reads all the file's values with one `struct.unpack_from`."""
+    """Where the values of one file are. Entries are only ever appended, so each is learnt once; the
+    values are 8-byte aligned doubles, so a later scrape reads all of them, in catalog order, with one
+    `itemgetter` over the file's bytes viewed as doubles."""
 
-    __slots__ = ("inode", "used", "positions", "keys", "slots", "reader", "perm")
+    __slots__ = ("inode", "used", "indexes", "keys", "slots", "perm")
 
     def __init__(self, inode: int) -> None:
         self.inode = inode
         self.used = 8
-        self.positions: list[int] = []
+        self.indexes: list[int] = []  # of each entry's value, counted in doubles
         self.keys: list[tuple] = []
         self.slots: list[int] = []
-        self.reader: struct.Struct | None = None
-        self.perm: tuple | None = None  # (catalog size, getter) mapping catalog slots to this file's values
+        self.perm: tuple | None = None  # (catalog size, getter): catalog slot -> this file's value
 
-    def update(self, data: bytes, used: int, typ: str, catalog: "_Catalog") -> None:
+    def update(self, data: bytes, used: int, typ: str, catalog: "_Catalog", pause=None) -> None:
         if used <= self.used:
             return
-        for key, pos in _read_keys(data, self.used, used):
-            self.positions.append(pos)
+        for n, (key, pos) in enumerate(_read_keys(data, self.used, used)):
+            if pause is not None and n % 500 == 499:
+                pause()
+            self.indexes.append(pos // 8)
             parsed = _parse_key(key)
             self.keys.append(parsed)
             if typ != "gauge":
                 self.slots.append(catalog.slot(key, typ, parsed))
         self.used = used
-        fmt = ["<"]
-        last = 0
-        for pos in self.positions:
-            fmt.append(f"{pos - last}xdd")
-            last = pos + 16
-        self.reader = struct.Struct("".join(fmt))
         self.perm = None
 
-    def aligned(self, values: tuple, catalog: "_Catalog") -> tuple:
+    def aligned(self, doubles: memoryview, zero: int, catalog: "_Catalog") -> tuple:
         """This file's values in catalog slot order (0.0 where the file has no such series)."""
         n = len(catalog.info)
         if self.perm is None or self.perm[0] != n:
-            zero = len(values)
             perm = [zero] * n
+            indexes = self.indexes
             for i, slot in enumerate(self.slots):
-                perm[slot] = 2 * i
+                perm[slot] = indexes[i]
             self.perm = (n, operator.itemgetter(*perm, zero, zero))
-        return self.perm[1](values + (0.0,))[:n]
+        return self.perm[1](doubles)[:n]
 
 
 def _read_keys(data: bytes, pos: int, used: int):
@@ -595,6 +599,35 @@ class _Catalog:
 _state: dict[str, tuple["_Catalog", dict]] = {}
 
 
+def warm_directory(path: str, pause=None) -> None:
+    """Learn the series that appeared since the last look (what a scrape would have to learn first),
+    calling `pause()` now and then so a worker's other greenlets run meanwhile."""
+    state = _state.get(path)
+    if state is None:
+        state = _state[path] = (_Catalog(), {})
+    catalog, layouts = state
+    for file in glob.glob(os.path.join(path, "*.db")):
+        typ = os.path.basename(file).split("_", 1)[0]
+        try:
+            with open(file, "rb") as f:
+                data = f.read()
+                inode = os.fstat(f.fileno()).st_ino
+        except OSError:
+            continue
+        if len(data) < 8:
+            continue
+        layout = layouts.get(file)
+        if layout is None or layout.inode != inode:
+            layout = layouts[file] = _Layout(inode)
+        try:
+            layout.update(data, _INT.unpack_from(data, 0)[0], typ, catalog, pause)
+        except Exception:
+            layouts.pop(file, None)
+        if pause is not None:
+            pause()
+    catalog.plan()
+
+
 def render_directory(path: str) -> bytes:
     """Merge every `*.db` file of `path` into Prometheus text format (0.0.4), the way prometheus_client's
     MultiProcessCollector merges them: counters and histograms summed over all files, gauges by mode."""
@@ -622,21 +655,24 @@ def render_directory(path: str) -> bytes:
             layout = layouts[file] = _Layout(inode)
         try:
             layout.update(data, _INT.unpack_from(data, 0)[0], typ, catalog)
-            values = layout.reader.unpack_from(data) if layout.reader is not None else ()
+            if len(data) % 8:
+                data = data[: len(data) - len(data) % 8]
+            doubles = memoryview(data + bytes(8)).cast("d")  # the last one is 0.0
+            zero = len(doubles) - 1
         except Exception as exc:
             log.warning("metrics file %s unreadable: %s", file, exc)
             layouts.pop(file, None)
             continue
         if typ != "gauge":
-            if values:
-                row = layout.aligned(values, catalog)
+            if layout.slots:
+                row = layout.aligned(doubles, zero, catalog)
                 totals = list(map(operator.add, totals, row)) if len(totals) == len(row) else \
                     _add_padded(totals, row)
             continue
         how = _GAUGE_MERGE.get(parts[1], "all")
         pid = parts[2] if len(parts) > 2 else ""
         for i, (metric, name, help_text, labels, _le) in enumerate(layout.keys):
-            value, timestamp = values[2 * i], values[2 * i + 1]
+            value, timestamp = doubles[layout.indexes[i]], doubles[layout.indexes[i] + 1]
             entry = gauges.get(metric)
             if entry is None:
                 entry = gauges[metric] = [help_text, {}, {}]
