@@ -231,6 +231,7 @@ def test_a_restarted_proxy_starts_from_files_of_its_own(fake_upstream, tmp_path)
 # --------------------------------------------------------------------------- a real Prometheus
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def test_a_real_prometheus_scrapes_the_proxy(fake_upstream, tmp_path):
@@ -245,37 +246,54 @@ def test_a_real_prometheus_scrapes_the_proxy(fake_upstream, tmp_path):
         assert [post(proxy)[0] for _ in range(sent)] == [200] * sent
         port = free_port()
         (tmp_path / "token").write_text(token)
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n"
-            "  - job_name: nexus\n"
-            "    scrape_interval: 1s\n"
-            f"    authorization:\n      credentials_file: {tmp_path / 'token'}\n"
-            f"    static_configs:\n      - targets: ['127.0.0.1:{proxy.port}']\n")
+        # The shipped scrape config and alert rules, with this test's target, token file and a 1 s interval.
+        config = (DEPLOY / "prometheus.yml").read_text()
+        config = config.replace("/etc/prometheus/nexus-metrics-token", str(tmp_path / "token"))
+        config = config.replace("          - proxy-1.internal:3000\n          - proxy-2.internal:3000\n",
+                                f"          - 127.0.0.1:{proxy.port}\n")
+        config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace(
+            "evaluation_interval: 15s", "evaluation_interval: 1s")
+        assert f"127.0.0.1:{proxy.port}" in config and str(tmp_path / "token") in config
+        shutil.copy(DEPLOY / "prometheus-alerts.yml", tmp_path / "prometheus-alerts.yml")
+        (tmp_path / "prometheus.yml").write_text(config)
         log = open(tmp_path / "prometheus.log", "wb")
-        prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=str(tmp_path))
-        try:
-            def query() -> float | None:
-                url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode(
-                    {"query": "sum(nexus_requests_total)"})
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as resp:
-                        data = json.loads(resp.read())
-                except OSError:
-                    return None
-                result = data.get("data", {}).get("result") or []
-                return float(result[0]["value"][1]) if result else None
+        prom = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
 
-            value = wait_for(lambda: query() == sent, timeout=60, step=0.5)
+        def api(path: str, **params: str) -> dict | None:
+            url = f"http://127.0.0.1:{port}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    return json.loads(resp.read())
+            except OSError:
+                return None
+
+        def requests_seen() -> float | None:
+            data = api("query", query="sum(nexus_requests_total)")
+            result = (data or {}).get("data", {}).get("result") or []
+            return float(result[0]["value"][1]) if result else None
+
+        try:
+            value = wait_for(lambda: requests_seen() == sent, timeout=60, step=0.5)
             assert value, "Prometheus never saw %s requests (last: %s)\n%s" % (
-                sent, query(), (tmp_path / "prometheus.log").read_text()[-3000:])
-            # Prometheus itself says the target is up and was scraped with the token.
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as resp:
-                targets = json.loads(resp.read())["data"]["activeTargets"]
-            assert [t["health"] for t in targets] == ["up"]
+                sent, requests_seen(), (tmp_path / "prometheus.log").read_text()[-3000:])
+            targets = api("targets")["data"]["activeTargets"]
+            assert [t["health"] for t in targets] == ["up"]  # scraped with the token
+            # The shipped alert rules load and evaluate against these metrics.
+            groups = api("rules")["data"]["groups"]
+            rules = {r["name"]: r for g in groups for r in g["rules"]}
+            assert {"NexusHighErrorRate", "NexusOAuthCredentialExpiring", "NexusStorageDroppingRecords"} <= set(rules)
+            assert wait_for(lambda: all(r["health"] == "ok" for g in api("rules")["data"]["groups"]
+                                        for r in g["rules"]), timeout=20)
+            # Every query of the shipped dashboard is valid PromQL here.
+            dashboard = json.loads((DEPLOY / "grafana" / "nexus-dashboard.json").read_text())
+            for panel in dashboard["panels"]:
+                for target in panel["targets"]:
+                    expr = (target["expr"].replace("$__rate_interval", "1m").replace("$__range", "5m")
+                            .replace("$domain", ".*"))
+                    answer = api("query", query=expr)
+                    assert answer and answer["status"] == "success", (panel["title"], expr, answer)
         finally:
             prom.terminate()
             try:

@@ -118,3 +118,23 @@ def test_oauth_credential_expiry_is_exposed_per_domain(tmp_path):
     family = parses(resp)["nexus_credential_expiry_timestamp_seconds"]
     assert [(s.labels, s.value) for s in family.samples] == [({"domain": "team-b.example.com"}, expires_ms / 1000)]
     assert "sk-ant-o" not in resp.get_data(as_text=True)
+
+
+def test_every_metric_is_documented_and_the_deploy_files_use_only_those(tmp_path):
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    documented = set(re.findall(r"`(nexus_[a-z_]+)`", (root / "docs" / "metrics.md").read_text()))
+    c = client(tmp_path)
+    c.post("/v1/messages/count_tokens", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    exported = set()
+    for family in parses(c.get("/metrics")).values():
+        exported |= {s.name for s in family.samples}
+    exported = {re.sub(r"_(bucket|count|sum)$", "", n) for n in exported}
+    assert exported - documented == set()
+    used = set()
+    for name in ("prometheus-alerts.yml", "grafana/nexus-dashboard.json"):
+        used |= set(re.findall(r"nexus_[a-z_]+", (root / "deploy" / name).read_text()))
+    used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in used} - {"nexus_proxy", "nexus_metrics_token"}
+    assert used - documented == set()
