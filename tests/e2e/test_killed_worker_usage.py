@@ -78,3 +78,28 @@ def test_sigkill_under_load_loses_no_usage(fake_upstream, storage_env, tmp_path)
         assert requests == upstream
         # Streams were in flight on each killed worker: counted, as errors, though they never finished.
         assert errors >= 1
+
+
+def test_usage_buffered_in_a_database_outage_survives_a_stop(fake_upstream, pg_url, tmp_path):
+    """PostgreSQL is down when the proxy stops: the records stay in the journal, and the next start writes
+    them (they used to be logged as lost)."""
+    from tests.e2e.fleet_helpers import PgForwarder
+
+    with PgForwarder() as forwarder:
+        env = {"PROXY_MODE": "passthrough", "CLAUDE_API_BASE_URL": fake_upstream.url,
+               "CLAUDE_API_KEY": "sk-ant-api03-outage-journal-key-000000000000",
+               "DATABASE_URL": forwarder.url_for(pg_url), "USAGE_DB_PATH": str(tmp_path / "data" / "usage.sqlite3"),
+               "GRACEFUL_TIMEOUT": "10"}
+        with ProxyServer(env, workers=2, cwd=tmp_path) as proxy:
+            assert [post(proxy, host="team.example.com")[0] for _ in range(3)] == [200] * 3
+            assert wait_for(lambda: counted(proxy)[0] == 3)
+            forwarder.down()
+            assert [post(proxy, host="team.example.com")[0] for _ in range(9)] == [200] * 9
+            assert proxy.terminate() == 0
+            output = proxy.output()
+        assert "kept in the journal" in output
+        assert list((tmp_path / "data" / "usage-journal").glob("seg-*"))
+        forwarder.up()
+        with ProxyServer(env, workers=2, cwd=tmp_path) as proxy:
+            assert wait_for(lambda: counted(proxy)[0] == 12, timeout=30), counted(proxy)
+            assert len(fake_upstream.requests("/v1/messages")) == 12
