@@ -20,6 +20,7 @@ class Services:
         from app.services.access import AccessControl
         from app.services.accounting import Accounting
         from app.services.credentials import CredentialManager
+        from app.services.domains import DomainNames
         from app.services.metrics import Metrics
         from app.services.notifications import Slack, Telemetry
         from app.services.passthrough import Passthrough
@@ -47,6 +48,7 @@ class Services:
         store = self.storage if getattr(self.storage, "supports_credentials", False) else None
         self.credentials = CredentialManager(settings, store=store)
         self.access = AccessControl(settings, self.credentials)
+        self.domains = DomainNames(self.credentials, self.storage, settings.usage_max_unmapped_hosts)
         self.upstream = UpstreamClient(settings)
         self.metrics = Metrics(settings, self.accounting, self.telemetry, self.credentials)
         self.upstream.on_retry = self.metrics.retry
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     settings = settings or Settings.from_env()
     configure_logging(settings)
     app = Flask(__name__, static_folder=None)
+    # "/v1//messages" is a path we do not serve (404), not one to redirect to with the client's Host
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.json.ensure_ascii = False

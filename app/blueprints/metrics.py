@@ -6,7 +6,7 @@ import hmac
 from flask import Blueprint, Response, current_app, request
 
 from app.errors import ProxyError
-from app.services.access import presented_key
+from app.client_key import presented_key
 from app.services.metrics import CONTENT_TYPE
 
 bp = Blueprint("metrics", __name__)
@@ -25,12 +25,11 @@ def metrics() -> Response:
 
 def _require_scraper(services, token: str | None) -> None:
     """METRICS_TOKEN when set (or an admin key); otherwise the rule of the detailed GET /."""
-    headers = {k.lower(): v for k, v in request.headers.items()}
     if token:
-        given = presented_key(headers)
+        given = presented_key({k.lower(): v for k, v in request.headers.items()})
         if given and hmac.compare_digest(given.encode(), token.encode()):
             return
         if not services.access.enabled:
             raise ProxyError(401, "Missing or invalid metrics token (send METRICS_TOKEN as Authorization: Bearer)",
                              "authentication_error")
-    services.access.require_admin(request.host, headers)
+    services.access.require_admin(request.headers)

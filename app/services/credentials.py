@@ -26,10 +26,12 @@ from typing import Callable, Iterator, Mapping
 import requests
 from gevent.lock import RLock
 
+from app.client_key import presented_key
 from app.errors import ProxyError
 from app.masking import mask_secret, register_secret
 from app.services import oauth as oauth_mod
 from app.services.oauth import OAuthError, refresh_token_hash
+from config.settings import Settings
 
 
 log = logging.getLogger(__name__)
@@ -196,14 +198,14 @@ class _Slot:
 class CredentialManager:
     """Chooses the credential of each passthrough request and keeps OAuth credentials fresh."""
 
-    def __init__(self, settings, store=None, session: requests.Session | None = None,
+    def __init__(self, settings: Settings, store=None, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._store = store
         self._session = session or requests.Session()
         self._token_url = settings.oauth_token_url
         self._client_id = settings.oauth_client_id
-        self._strict = bool(getattr(settings, "strict_domain_mapping", False))
+        self._strict = settings.strict_domain_mapping
         self._warned_hosts: set[str] = set()
         self._slots: list[_Slot] = []
         self._by_host: dict[str, _Slot] = {}
@@ -220,7 +222,7 @@ class CredentialManager:
             self._slots.append(slot)
             self._by_host[host] = slot
         self._env: Credential | None = None
-        for key in (getattr(settings, "claude_api_key", None), getattr(settings, "claude_code_proxy_api_key", None)):
+        for key in (settings.claude_api_key, settings.claude_code_proxy_api_key):
             if key and key.strip():
                 self._env = Credential("api_key", key.strip(), "env", None)
                 _register(key.strip())
@@ -268,9 +270,16 @@ class CredentialManager:
         return self._slot_credential(slot)
 
     def client_api_key_for(self, host: str) -> str | None:
-        """The `client_api_key` of the host's mapped credential file (issue 7 access control)."""
+        """The `client_api_key` of the host's mapped credential file, when it is a usable string."""
         value = self._field_for(host, "client_api_key")
         return value if isinstance(value, str) and value else None
+
+    def file_field(self, host: str, name: str):
+        """A top-level field of the host's mapped credential file, as the file holds it (None when absent)."""
+        return self._field_for(host, name)
+
+    def is_mapped(self, host: str) -> bool:
+        return host_without_port(host) in self._by_host
 
     def mapped_but_unreadable(self, host: str) -> bool:
         """The host is mapped but its file could not be read: whether it holds a `client_api_key` is unknown."""
@@ -580,7 +589,7 @@ class CredentialManager:
         log.info("OAuth token refreshed for %s (expires %s)", domain, _iso(st.expires_ms) or "unknown")
         return used.get("refreshToken")
 
-    # ------------------------------------------------------------ internals: shared store (issue 10)
+    # ------------------------------------------------------------ internals: shared store
 
     def _store_enabled(self) -> bool:
         return self._store is not None and bool(getattr(self._store, "supports_credentials", False))
@@ -685,15 +694,9 @@ class CredentialManager:
 
 
 def client_credential(headers: Mapping[str, str]) -> Credential | None:
-    """The client's own credential: `x-api-key`, else `Authorization: Bearer …` (lower-case header names)."""
-    value = headers.get("x-api-key")
-    if value:
-        value = value.strip()
-    if not value:
-        auth = headers.get("authorization")
-        if auth and auth[:7].lower() == "bearer ":
-            value = auth[7:].strip()
-    if not value:
+    """The client's own credential: the key it presents (`app.client_key`), as an API key or an OAuth token."""
+    value = presented_key(headers)
+    if value is None:
         return None
     kind = "oauth" if value.startswith(OAUTH_TOKEN_PREFIX) else "api_key"
     return Credential(kind, value, "client", None)

@@ -9,6 +9,7 @@ import time
 
 from app.logs import log_access_record
 from app.records import RequestRecord
+from app.usage import TEXT_CAP
 
 log = logging.getLogger("nexus")
 
@@ -21,8 +22,8 @@ class Recorder:
         self.credentials = credentials
         self.metrics = metrics
 
-    def finish(self, rec: RequestRecord, started: float) -> None:
-        rec.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    def finish(self, rec: RequestRecord) -> None:
+        rec.duration_ms = round((time.perf_counter() - rec.started) * 1000, 3)
         try:
             self.accounting.record(rec)
             if self.metrics is not None:
@@ -32,7 +33,6 @@ class Recorder:
             log_access_record(rec)
         except Exception:  # accounting must never break a request
             log.exception("recording request %s failed", rec.request_id)
-
 
     def begin(self, rec: RequestRecord) -> None:
         """The upstream is about to be called (the accounting journals it, in case the worker dies)."""
@@ -45,23 +45,26 @@ class Recorder:
         if self.metrics is not None:
             self.metrics.stream_opened(rec)
 
-    def first_token(self, rec: RequestRecord, started: float) -> None:
+    def first_token(self, rec: RequestRecord) -> None:
         if self.metrics is not None:
-            self.metrics.first_token(rec, time.perf_counter() - started)
+            self.metrics.first_token(rec, time.perf_counter() - rec.started)
 
 
 def last_user_text(body: dict) -> str | None:
     """The text of the last user turn (for Slack), without tool results or images."""
-    for message in reversed(body.get("messages") or []):
+    messages = body.get("messages")
+    if not isinstance(messages, list):  # the upstream judges a wrong type; the side parser only skips it
+        return None
+    for message in reversed(messages):
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
         if isinstance(content, str):
-            return content[:4000]
+            return content[:TEXT_CAP]
         if isinstance(content, list):
             texts = [b["text"] for b in content
                      if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)]
             if texts:
-                return "\n".join(texts)[:4000]
+                return "\n".join(texts)[:TEXT_CAP]
         return None
     return None

@@ -2,32 +2,31 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
-from typing import Iterator
 
 from app import logs
+from app.client_key import presented_key
 from app.errors import ProxyError, invalid_request
 from app.exchange import SSE_HEADERS, Incoming, Reply, json_reply
+from app.jsonenc import compact_ascii
 from app.masking import mask_secret
-from app.services.access import presented_key
-from app.services.recording import last_user_text
-from app.services.relay import (StreamBody, abandoned, failure_kind, read_error_body, stream_failure,
-                                upstream_http_error, with_keepalive)
-from app.services.upstream import close_quietly, iter_body
+from app.records import RequestRecord
+from app.services.headers import translation_headers
+from app.services.recording import Recorder, last_user_text
+from app.services.relay import failure_kind, read_error_body, relay_stream, stream_failure, upstream_http_error
+from app.services.upstream import UpstreamClient, close_quietly
 from app.sse import SSEDecoder
-from app.translation.models import route
+from app.translation.models import ModelRouter
 from app.translation.request import UnsupportedContent, anthropic_to_openai
 from app.translation.response import UpstreamFormatError, openai_to_anthropic
-from app.translation.stream import StreamTranslator, format_sse
+from app.translation.stream import StreamTranslator
 from app.translation.tokens import estimate_input_tokens
 from app.translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
-from app.usage import classify_request
-from app.version import __version__
+from app.usage import Usage, apply_usage, classify_request, usage_from_message
+from config.settings import Settings
 
-log = logging.getLogger("nexus.translation")
-
-PING = format_sse("ping", {"type": "ping"})
+_TOO_LARGE_NUMBER = ("Request body contains a number too large to represent (such as 1e999); JSON numbers "
+                     "must fit a 64-bit float")
 
 # An escaped UTF-16 surrogate (json.loads accepts a lone "\ud800"; it is not Unicode, and upstreams reject it).
 _SURROGATE_ESCAPE = re.compile(rb"\\ud[89a-f][0-9a-f]{2}")
@@ -60,8 +59,14 @@ def _has_lone_surrogate(data: bytes) -> bool:
 
 def encode_body(payload: dict) -> bytes:
     """The upstream body. ensure_ascii (the default) is ~3x faster than ensure_ascii=False on large
-    bodies; it escapes every non-ASCII character, so a lone surrogate shows as an escape we can find."""
-    data = json.dumps(payload, separators=(",", ":")).encode()
+    bodies; it escapes every non-ASCII character, so a lone surrogate shows as an escape we can find.
+
+    A number too large for a float (1e999 parses as infinity) has no JSON spelling: a 400, not `Infinity`.
+    """
+    try:
+        data = compact_ascii(payload).encode()
+    except ValueError:
+        raise invalid_request(_TOO_LARGE_NUMBER) from None
     if b"\\ud" in data and _has_lone_surrogate(data):
         raise invalid_request("Request body contains an unpaired UTF-16 surrogate escape (such as \\ud800), "
                               "which is not valid Unicode")
@@ -69,65 +74,69 @@ def encode_body(payload: dict) -> bytes:
 
 
 class Translator:
-    def __init__(self, settings, upstream, recorder) -> None:
+    def __init__(self, settings: Settings, upstream: UpstreamClient, recorder: Recorder) -> None:
         self.settings = settings
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
-        self.user_agent = f"claude-nexus-proxy/{__version__}"
+        self.router = ModelRouter(settings.reasoning_model, settings.completion_model, settings.reasoning_max_tokens,
+                                  settings.completion_max_tokens, settings.model_map)
         self._completion_tokens_models: set[str] = set()
 
     # -- POST /v1/messages ------------------------------------------------------------------
-    def messages(self, inc: Incoming, started: float) -> Reply:
+    def messages(self, inc: Incoming) -> Reply:
         rec = inc.record
         body = _read_request(inc, validate_messages_request)
         rec.user_text = last_user_text(body)
         stream = body.get("stream") is True
         rec.stream = stream
-        s = self.settings
-        chosen = route(body, reasoning_model=s.reasoning_model, completion_model=s.completion_model,
-                       reasoning_max_tokens=s.reasoning_max_tokens, completion_max_tokens=s.completion_max_tokens,
-                       model_map=s.model_map)
+        chosen = self.router.route(body)
         rec.model_used = chosen.model
         try:
             payload = anthropic_to_openai(body, chosen, stream=stream)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
+        except ValueError:  # a tool input holding 1e999 (infinity once parsed) has no JSON spelling
+            raise invalid_request(_TOO_LARGE_NUMBER) from None
         key = self._upstream_key(inc)
         rec.api_key_masked = mask_secret(key)
         rec.auth_type = "api_key"
-        headers = {
-            "authorization": "Bearer " + key,
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "user-agent": self.user_agent,
-        }
-        if chosen.model in self._completion_tokens_models:
-            _use_max_completion_tokens(payload)
-        logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
-        resp = self.upstream.send("POST", self.url, headers, encode_body(payload),
-                                  on_sent=lambda: self.recorder.begin(rec))
-        if resp.status >= 400:
-            error = read_error_body(resp)
-            if resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):
-                # OpenAI's reasoning models (o-series, GPT-5) refuse max_tokens; learn it once per model.
-                self._completion_tokens_models.add(chosen.model)
-                resp = self.upstream.send("POST", self.url, headers, encode_body(payload))
-                if resp.status >= 400:
-                    error = read_error_body(resp)
-            if resp.status >= 400:
-                raise upstream_http_error(resp.status, error, resp.headers)
+        headers = translation_headers(key, stream)
+        resp = self._send_handling_max_tokens(rec, chosen.model, headers, payload)
         model = rec.model_requested or chosen.model
         stop_sequences = body.get("stop_sequences") or ()
         if not stream:
-            return self._json(resp, rec, model, stop_sequences, started)
-        translator = StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                      input_tokens=estimate_input_tokens(body))
-        body = StreamBody(self._stream(resp, translator, rec, started), abandoned(resp, rec, self.recorder, started))
-        self.recorder.stream_opened(rec)
+            return self._json(resp, rec, model, stop_sequences)
+        plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
+                                                 input_tokens=estimate_input_tokens(body)),
+                                self.settings.max_sse_event_bytes)
+        rec.status = 200
+        body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
+                            shutting_down=lambda: self.upstream.shutting_down)
         return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
 
-    def _json(self, resp, rec, model, stop_sequences, started) -> Reply:
+    def _send_handling_max_tokens(self, rec: RequestRecord, model: str, headers: dict, payload: dict):
+        """Send the request; resend it once with `max_completion_tokens` when the upstream refuses `max_tokens`.
+
+        OpenAI's reasoning models (o-series, GPT-5) take only `max_completion_tokens`: learnt once per model.
+        """
+        if model in self._completion_tokens_models:
+            _use_max_completion_tokens(payload)
+        logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
+        sent = lambda: self.recorder.begin(rec)  # noqa: E731 - the upstream has the request: journal it
+        resp = self.upstream.send("POST", self.url, headers, encode_body(payload), on_sent=sent)
+        if resp.status < 400:
+            return resp
+        error = read_error_body(resp)
+        if resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):
+            self._completion_tokens_models.add(model)
+            resp = self.upstream.send("POST", self.url, headers, encode_body(payload), on_sent=sent)
+            if resp.status < 400:
+                return resp
+            error = read_error_body(resp)
+        raise upstream_http_error(resp.status, error, resp.headers)
+
+    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences) -> Reply:
         try:
             raw = resp.read()
         except Exception as exc:
@@ -145,87 +154,17 @@ class Translator:
         except (ValueError, UpstreamFormatError) as exc:
             raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
         logs.debug_response(rec.request_id, 200, {}, message)
-        usage = message.get("usage") or {}
-        rec.input_tokens = usage.get("input_tokens") or 0
-        rec.output_tokens = usage.get("output_tokens") or 0
-        rec.cache_read_input_tokens = usage.get("cache_read_input_tokens") or 0
-        tool_names = [b.get("name") for b in message["content"] if b.get("type") == "tool_use"]
-        rec.tool_calls = len(tool_names)
-        rec.tool_names = tool_names
-        rec.assistant_text = "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")[:4000]
+        apply_usage(rec, usage_from_message(message))
         rec.status = 200
-        return json_reply(200, message, [("request-id", rec.request_id)],
-                          on_close=lambda: self.recorder.finish(rec, started))
-
-    def _stream(self, resp, translator: StreamTranslator, rec, started: float) -> Iterator[bytes]:
-        rec.status = 200
-        finished = False
-        first = True
-        debug = log.isEnabledFor(logging.DEBUG)
-        try:
-            yield translator.start()
-            decoder = SSEDecoder()
-            done = False
-            for chunk in with_keepalive(iter_body(resp), self.settings.ping_interval):
-                if chunk is None:
-                    yield PING
-                    continue
-                if debug:
-                    logs.debug_chunk(rec.request_id, chunk)
-                for _event, data in decoder.feed(chunk):
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    try:
-                        obj = json.loads(data)
-                    except ValueError:
-                        yield translator.error("api_error", "Upstream sent a malformed stream chunk")
-                        return
-                    if not isinstance(obj, dict):
-                        continue
-                    out = translator.feed(obj)
-                    if out:
-                        if first:
-                            first = False
-                            self.recorder.first_token(rec, started)
-                        yield out
-                    if translator.failed:
-                        return
-                if done:
-                    break
-            if not done and translator.stop_reason is None:
-                yield translator.error("api_error", "Upstream stream ended before it was complete")
-                return
-            yield translator.finish()
-            finished = True
-        except GeneratorExit:
-            rec.error_type = rec.error_type or "client_disconnected"
-            raise
-        except Exception as exc:
-            err_type, message = stream_failure(exc, self.upstream.shutting_down)
-            rec.error_type, rec.error_message = err_type, message
-            rec.upstream_error = failure_kind(exc)
-            yield translator.error(err_type, message)
-        finally:
-            close_quietly(resp, complete=finished)
-            rec.input_tokens = translator.input_tokens
-            rec.output_tokens = translator.output_tokens
-            rec.cache_read_input_tokens = translator.cache_read_input_tokens
-            rec.tool_calls = translator.tool_calls
-            rec.tool_names = list(translator.tool_names)
-            rec.assistant_text = translator.text
-            if translator.failed and rec.error_type is None:
-                rec.error_type = translator.error_type or "api_error"
-                rec.error_message = translator.error_message
-            self.recorder.finish(rec, started)
+        return json_reply(200, message, [("request-id", rec.request_id)], on_close=lambda: self.recorder.finish(rec))
 
     # -- POST /v1/messages/count_tokens ---------------------------------------------------------
-    def count_tokens(self, inc: Incoming, started: float) -> Reply:
+    def count_tokens(self, inc: Incoming) -> Reply:
         rec = inc.record
         body = _read_request(inc, validate_count_tokens_request)
         rec.status = 200
         return json_reply(200, {"input_tokens": estimate_input_tokens(body)},
-                          on_close=lambda: self.recorder.finish(rec, started))
+                          on_close=lambda: self.recorder.finish(rec))
 
     def _upstream_key(self, inc: Incoming) -> str:
         """CLAUDE_CODE_PROXY_API_KEY when set, else the client's own token (multi-subscription)."""
@@ -236,6 +175,63 @@ class Translator:
             return key
         raise ProxyError(401, "No upstream API key: set CLAUDE_CODE_PROXY_API_KEY on the proxy, "
                               "or send your own key as x-api-key or Authorization: Bearer", "authentication_error")
+
+
+class TranslatedStream:
+    """The translation plug of the relay frame: OpenAI chunks in, Anthropic events out."""
+
+    __slots__ = ("translator", "decoder", "done", "reusable", "_saw_done")
+
+    def __init__(self, translator: StreamTranslator, max_event: int) -> None:
+        self.translator = translator
+        self.decoder = SSEDecoder(max_event)
+        self.done = False
+        self.reusable = False
+        self._saw_done = False
+
+    def head(self) -> bytes:
+        return self.translator.start()
+
+    def feed(self, chunk: bytes) -> bytes:
+        translator = self.translator
+        out = []
+        for _event, data in self.decoder.feed(chunk):
+            if data == b"[DONE]":
+                self.done = self._saw_done = True
+                break
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                out.append(translator.error("api_error", "Upstream sent a malformed stream chunk"))
+                self.done = True
+                break
+            if not isinstance(obj, dict):
+                continue
+            piece = translator.feed(obj)
+            if piece:
+                out.append(piece)
+            if translator.failed:
+                self.done = True
+                break
+        return b"".join(out) if len(out) != 1 else out[0]
+
+    def seen(self, out: bytes) -> None:
+        pass
+
+    def tail(self) -> bytes:
+        translator = self.translator
+        if translator.failed:
+            return b""
+        if not self._saw_done and translator.stop_reason is None:
+            return translator.error("api_error", "Upstream stream ended before it was complete")
+        self.reusable = True
+        return translator.finish()
+
+    def failure(self, error_type: str, message: str) -> bytes:
+        return self.translator.error(error_type, message)
+
+    def usage(self) -> Usage:
+        return self.translator.usage()
 
 
 def _read_request(inc: Incoming, validate) -> dict:

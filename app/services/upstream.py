@@ -13,6 +13,7 @@ import time
 import weakref
 from typing import Iterator, Mapping
 
+import gevent
 import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -26,11 +27,13 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from app.errors import ProxyError
+from config.settings import Settings
 
 log = logging.getLogger("nexus.upstream")
 
 RETRY_STATUSES = frozenset({429, 503, 529})
 READ_SIZE = 65536
+_BUSY_READ = READ_SIZE // 2
 
 # The callback of the request being sent in this greenlet (gevent patches threading.local).
 _sending = threading.local()
@@ -67,7 +70,7 @@ class _HTTPSPool(HTTPSConnectionPool):
 
 
 class UpstreamClient:
-    def __init__(self, settings, sleep=None) -> None:
+    def __init__(self, settings: Settings, sleep=None) -> None:
         self.settings = settings
         self.timeout = urllib3.Timeout(connect=settings.connect_timeout or None, read=settings.read_timeout or None)
         self.pool = urllib3.PoolManager(
@@ -159,18 +162,21 @@ class UpstreamClient:
                 pass
         return count
 
-    def open_streams(self) -> int:
-        return sum(1 for r in list(self._open) if not r.closed)
-
 
 def iter_body(resp: urllib3.BaseHTTPResponse, decode_content: bool = True) -> Iterator[bytes]:
-    """Yield the body as the bytes arrive (not in fixed-size blocks), ending at EOF."""
+    """Yield the body as the bytes arrive (not in fixed-size blocks), ending at EOF.
+
+    A read that fills most of the buffer means more bytes are waiting, and gevent's socket reads return at
+    once without a switch: the loop yields to the other greenlets so one huge answer cannot hold the worker.
+    """
     read1 = resp.read1
     while True:
         chunk = read1(READ_SIZE, decode_content=decode_content)
         if not chunk:
             return
         yield chunk
+        if len(chunk) >= _BUSY_READ:
+            gevent.sleep(0)
 
 
 def close_quietly(resp: urllib3.BaseHTTPResponse | None, complete: bool = False) -> None:

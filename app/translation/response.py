@@ -6,6 +6,8 @@ import re
 import secrets
 from typing import Any, Sequence
 
+from app.errors import upstream_error_text
+
 _FINISH = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -50,10 +52,21 @@ def parse_arguments(arguments: Any) -> dict:
     if not arguments.strip():
         return {}
     try:
-        parsed = json.loads(arguments)
+        parsed = json.loads(arguments, parse_float=_finite_float, parse_constant=_no_constant)
     except ValueError:
         return {"_raw": arguments}
     return parsed if isinstance(parsed, dict) else {"_raw": arguments}
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):  # 1e999: no JSON spelling for the client
+        raise ValueError(text)
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(name)
 
 
 def map_stop_reason(
@@ -99,15 +112,6 @@ def cached_tokens(usage: dict) -> int | None:
 
 def _int(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
-
-
-def upstream_error_text(error: Any) -> str:
-    if isinstance(error, dict):
-        message = error.get("message")
-        if isinstance(message, str) and message:
-            return message
-        return json.dumps(error)[:500]
-    return str(error)[:500]
 
 
 def _text_of(content: Any) -> str:

@@ -59,13 +59,18 @@ def test_proxy_api_keys_protect_it_on_every_host(tmp_path):
 
 
 def test_it_follows_the_detailed_health_rule_with_team_keys(tmp_path):
+    # Per-team keys only: a team key spends its team's credential, but operator views need an admin key.
     c = client(tmp_path, PROXY_MODE="passthrough", DOMAIN_CREDENTIAL_MAPPING=team_mapping(tmp_path))
-    for headers in ({"host": "team-a.example.com"}, {"host": "team-a.example.com", "x-api-key": "nope"}):
+    for headers in ({"host": "team-a.example.com"}, {"host": "team-a.example.com", "x-api-key": "nope"},
+                    {"host": "team-a.example.com", "x-api-key": TEAM_KEY}, {"host": "localhost"}):
         refused(c.get("/metrics", headers=headers))
         assert "credentials" not in c.get("/", headers=headers).get_json()  # the same rule as GET /
-    ok = {"host": "team-a.example.com", "x-api-key": TEAM_KEY}
-    assert "credentials" in c.get("/", headers=ok).get_json()
-    parses(c.get("/metrics", headers=ok))
+    both = client(tmp_path, PROXY_MODE="passthrough", DOMAIN_CREDENTIAL_MAPPING=team_mapping(tmp_path),
+                  PROXY_API_KEYS=PROXY_KEY)
+    ok = {"host": "team-a.example.com", "x-api-key": PROXY_KEY}
+    assert "credentials" in both.get("/", headers=ok).get_json()
+    parses(both.get("/metrics", headers=ok))
+    refused(both.get("/metrics", headers={"host": "team-a.example.com", "x-api-key": TEAM_KEY}))
 
 
 def test_metrics_token_admits_scrapers(tmp_path):
@@ -112,9 +117,9 @@ def test_oauth_credential_expiry_is_exposed_per_domain(tmp_path):
                                                             "refreshToken": "sk-ant-ort01-metrics-secret",
                                                             "expiresAt": expires_ms}}))
     os.chmod(path, 0o600)
-    c = client(tmp_path, PROXY_MODE="passthrough", DOMAIN_CREDENTIAL_MAPPING=json.dumps(
+    c = client(tmp_path, PROXY_MODE="passthrough", PROXY_API_KEYS=PROXY_KEY, DOMAIN_CREDENTIAL_MAPPING=json.dumps(
         {"team-b.example.com": str(path), "team-a.example.com": json.loads(team_mapping(tmp_path))["team-a.example.com"]}))
-    resp = c.get("/metrics", headers={"host": "team-a.example.com", "x-api-key": TEAM_KEY})
+    resp = c.get("/metrics", headers={"host": "team-a.example.com", "x-api-key": PROXY_KEY})
     family = parses(resp)["nexus_credential_expiry_timestamp_seconds"]
     assert [(s.labels, s.value) for s in family.samples] == [({"domain": "team-b.example.com"}, expires_ms / 1000)]
     assert "sk-ant-o" not in resp.get_data(as_text=True)
