@@ -50,9 +50,21 @@ class Services:
         self.access = AccessControl(settings, self.credentials)
         self.domains = DomainNames(self.credentials, self.storage, settings.usage_max_unmapped_hosts)
         self.upstream = UpstreamClient(settings)
+        from app.pricing import PriceTable
+
+        self.prices = PriceTable(settings.model_prices)
         self.metrics = Metrics(settings, self.accounting, self.telemetry, self.credentials)
         self.upstream.on_retry = self.metrics.retry
-        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.metrics)
+        self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.prices,
+                                 self.metrics)
+        # the dashboard: its own key (DASHBOARD_API_KEY, or one the server made), its reads
+        from app.services.dashboard import DashboardService
+        from app.services.dashboard_auth import DashboardAuth, dashboard_key
+
+        dashboard_secret, _ = dashboard_key(settings)
+        register_secret(dashboard_secret)
+        self.dashboard_auth = DashboardAuth(dashboard_secret)
+        self.dashboard = DashboardService(self.storage, self.accounting, self.credentials, settings)
         self.translator = Translator(settings, self.upstream, self.recorder)
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
@@ -85,7 +97,7 @@ class Services:
 
 def create_app(settings: Settings | None = None, *, start_background: bool = True) -> Flask:
     """Build the app: settings validated once, services built once, blueprints registered."""
-    from app.blueprints import health, messages, metrics, setup_files, stats
+    from app.blueprints import dashboard, health, messages, metrics, setup_files, stats
     from app.handlers import register_error_handlers
     from app.logs import configure_logging
 
@@ -99,7 +111,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     app.json.ensure_ascii = False
     services = Services(settings)
     app.extensions["nexus"] = services
-    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp, metrics.bp):
+    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp, metrics.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     if not settings.translation:
         app.register_blueprint(messages.other_bp)

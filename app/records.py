@@ -33,6 +33,11 @@ class RequestRecord:
     user_text: str | None = None
     assistant_text: str | None = None
     tool_names: list[str] = field(default_factory=list)
+    # Cost: the cache writes split by TTL (their sum is at most cache_creation_input_tokens) and the
+    # dollars computed once when the request is recorded (None: tokens on a model without a price).
+    cache_creation_5m_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    cost_usd: float | None = None
 
     @property
     def failed(self) -> bool:

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 TEXT_CAP = 4000
 
 _TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+# Anthropic's `usage.cache_creation` object: cache writes by TTL (priced differently) -> our names.
+_CACHE_SPLIT_KEYS = (("ephemeral_5m_input_tokens", "cache_creation_5m_input_tokens"),
+                     ("ephemeral_1h_input_tokens", "cache_creation_1h_input_tokens"))
 
 
 def count_system_messages(body: dict) -> int:
@@ -47,6 +50,9 @@ class Usage:
     text: str | None = None  # the answer's text, at most TEXT_CAP characters (for Slack)
     error_type: str | None = None  # an error the answer itself reported (an `event: error`)
     error_message: str | None = None
+    # cache_creation_input_tokens split by TTL, from `usage.cache_creation` (0 and 0 when the upstream did not say)
+    cache_creation_5m_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
 
     @property
     def tool_calls(self) -> int:
@@ -59,6 +65,8 @@ def apply_usage(rec: "RequestRecord", usage: Usage) -> None:
     rec.output_tokens = usage.output_tokens
     rec.cache_creation_input_tokens = usage.cache_creation_input_tokens
     rec.cache_read_input_tokens = usage.cache_read_input_tokens
+    rec.cache_creation_5m_input_tokens = usage.cache_creation_5m_input_tokens
+    rec.cache_creation_1h_input_tokens = usage.cache_creation_1h_input_tokens
     rec.tool_calls = usage.tool_calls
     rec.tool_names = list(usage.tool_names)
     rec.assistant_text = usage.text
@@ -89,6 +97,10 @@ def usage_from_message(msg: dict) -> Usage:
     usage = msg.get("usage") if isinstance(msg, dict) else None
     usage = usage if isinstance(usage, dict) else {}
     out = Usage(*(_int(usage.get(k)) for k in _TOKEN_KEYS))
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        out.cache_creation_5m_input_tokens = _int(split.get(_CACHE_SPLIT_KEYS[0][0]))
+        out.cache_creation_1h_input_tokens = _int(split.get(_CACHE_SPLIT_KEYS[1][0]))
     parts: list[str] = []
     size = 0
     content = msg.get("content") if isinstance(msg, dict) else None
@@ -119,6 +131,7 @@ class StreamUsage:
 
     __slots__ = (
         "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+        "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
         "tool_calls", "tool_names", "error_type", "error_message",
         "_parts", "_size", "_collect_text",
     )
@@ -128,6 +141,8 @@ class StreamUsage:
         self.output_tokens = 0
         self.cache_creation_input_tokens = 0
         self.cache_read_input_tokens = 0
+        self.cache_creation_5m_input_tokens = 0
+        self.cache_creation_1h_input_tokens = 0
         self.tool_calls = 0
         self.tool_names: list[str] = []
         self.error_type: str | None = None
@@ -210,12 +225,18 @@ class StreamUsage:
             value = _int(usage.get(key))
             if value > getattr(self, key):
                 setattr(self, key, value)
+        split = usage.get("cache_creation")
+        if isinstance(split, dict):
+            for theirs, ours in _CACHE_SPLIT_KEYS:
+                value = _int(split.get(theirs))
+                if value > getattr(self, ours):
+                    setattr(self, ours, value)
 
     def usage(self) -> Usage:
         """What the stream has said so far."""
         return Usage(self.input_tokens, self.output_tokens, self.cache_creation_input_tokens,
                      self.cache_read_input_tokens, list(self.tool_names), self.text, self.error_type,
-                     self.error_message)
+                     self.error_message, self.cache_creation_5m_input_tokens, self.cache_creation_1h_input_tokens)
 
 
 def _loads(data: bytes | str) -> dict | None:

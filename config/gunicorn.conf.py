@@ -26,6 +26,12 @@ except SettingsError as _exc:
     print(str(_exc), file=sys.stderr)
     sys.exit(2)
 
+# The dashboard's key: without DASHBOARD_API_KEY the master makes one now, before forking, so every worker
+# shares it (app.services.dashboard_auth); its login URL is printed once, below.
+from app.services.dashboard_auth import dashboard_banner_lines, dashboard_key  # noqa: E402
+
+dashboard_key(_settings)
+
 if _settings.metrics_enabled:
     # Before any worker exists (and before prometheus_client is imported), so every worker writes its
     # metrics files into one directory that the scrape reads.
@@ -55,6 +61,7 @@ gunicorn.arbiter.Arbiter.handle_int = gunicorn.arbiter.Arbiter.handle_term
 def when_ready(server):
     print(f"claude-nexus-proxy listening on {', '.join(bind)} (mode: {_settings.proxy_mode}, "
           f"workers: {workers})", flush=True)
+    print("\n".join(dashboard_banner_lines(_settings)), flush=True)
 
 
 def post_worker_init(worker):

@@ -79,6 +79,19 @@ def _non_negative_float(**kw) -> fields.Float:
                         error_messages={"invalid": "must be a number"}, **kw)
 
 
+# --- cost and dashboard: prices per model, the dashboard's access key
+class _ModelPrices(fields.Field):
+    """MODEL_PRICES: inline JSON or a JSON file of model glob -> dollars per million tokens."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
+        from app.pricing import PriceTableError, parse_model_prices
+
+        try:
+            return parse_model_prices(value)
+        except PriceTableError as exc:
+            raise ValidationError(str(exc)) from None
+
+
 class SettingsSchema(Schema):
     """Environment variable names (data_key) -> Settings attributes."""
 
@@ -135,6 +148,10 @@ class SettingsSchema(Schema):
         min=0.001, error="must be a positive number"), error_messages={"invalid": "must be a number"})
     usage_max_unmapped_hosts = fields.Integer(data_key="USAGE_MAX_UNMAPPED_HOSTS", validate=validate.Range(
         min=0, error="must be zero or more"), error_messages={"invalid": "must be a whole number"})
+    # cost and dashboard
+    model_prices = _ModelPrices(data_key="MODEL_PRICES")
+    dashboard_api_key = fields.String(data_key="DASHBOARD_API_KEY", validate=validate.Length(
+        min=16, error="must be at least 16 characters"))
     # Prometheus metrics (/metrics) and the usage journal that survives a killed worker
     metrics_enabled = _Bool(data_key="METRICS_ENABLED")
     metrics_token = fields.String(data_key="METRICS_TOKEN")
@@ -188,6 +205,9 @@ class Settings:
     # Bounded work and storage: one SSE event's size, the unmapped hosts accounting tracks
     max_sse_event_mb: float = 16.0
     usage_max_unmapped_hosts: int = 100
+    # cost and dashboard
+    model_prices: dict = field(default_factory=dict)
+    dashboard_api_key: str | None = field(default=None, repr=False)
     # Prometheus metrics (/metrics) and the usage journal that survives a killed worker
     metrics_enabled: bool = True
     metrics_token: str | None = field(default=None, repr=False)

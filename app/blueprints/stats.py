@@ -16,7 +16,8 @@ _LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
 @bp.get("/token-stats")
 def token_stats():
     services = current_app.extensions["nexus"]
-    services.access.require_admin(request.headers)
+    if not services.dashboard_auth.has_session(request):  # an operator logged in to the dashboard may read it
+        services.access.require_admin(request.headers)
     since = _time_arg("since")
     until = _time_arg("until")
     accounting = services.accounting
@@ -30,7 +31,17 @@ def token_stats():
     if since is not None or until is not None:
         body["range"] = {"since": _iso_or_none(since), "until": _iso_or_none(until)}
     body["models"] = models
+    body["totals"] = _totals(stats)
     return jsonify(body)
+
+
+def _totals(stats: dict) -> dict:
+    """Sums over the domains: requests, errors, tokens, `costUsd` and `unpricedRequests`."""
+    keys = ("requestCount", "errorCount", "inputTokens", "outputTokens", "cacheCreationInputTokens",
+            "cacheReadInputTokens", "unpricedRequests")
+    totals = {k: sum(int(s.get(k) or 0) for s in stats.values()) for k in keys}
+    totals["costUsd"] = round(sum(float(s.get("costUsd") or 0.0) for s in stats.values()), 6)
+    return totals
 
 
 def _time_arg(name: str) -> float | None:

@@ -348,6 +348,9 @@ class CredentialManager:
                 "expiresAt": _iso(expires),
                 "expired": expires is not None and expires <= now * 1000,
                 "lastRefreshError": st.last_refresh_error,
+                # when the held OAuth token was refreshed (here, or by another worker through the store)
+                "lastRefresh": _iso(int(st.origin_time * 1000))
+                if st.kind == "oauth" and st.origin in ("refresh", "store") and st.origin_time else None,
                 "error": st.error,
                 "source": st.origin if st.secret is not None else None,
             }

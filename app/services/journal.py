@@ -216,6 +216,8 @@ def read_segments(paths: list[str]) -> list[RequestRecord]:
             rec.error_type = KILLED
             rec.input_tokens = rec.output_tokens = rec.cache_read_input_tokens = 0
             rec.cache_creation_input_tokens = rec.tool_calls = 0
+            rec.cache_creation_5m_input_tokens = rec.cache_creation_1h_input_tokens = 0
+            rec.cost_usd = 0.0
             finished[rid] = rec
     return list(finished.values())
 

@@ -130,6 +130,8 @@ class _Instruments:
         self.ttft = Histogram("nexus_time_to_first_token_seconds", "Streams: time from request to first token",
                               ["mode", "domain"], buckets=TTFT_BUCKETS, registry=None)
         self.tokens = Counter("nexus_tokens", "Tokens, by type", ["domain", "model", "type"], registry=None)
+        self.cost = Counter("nexus_cost_usd", "Cost of the requests in US dollars, at the configured prices",
+                            ["domain", "model"], registry=None)
         self.upstream_errors = Counter("nexus_upstream_errors", "Requests that failed on the way to or from "
                                        "the upstream, by kind", ["mode", "kind"], registry=None)
         self.retries = Counter("nexus_upstream_retries", "Upstream requests sent again", ["mode", "reason"],
@@ -283,6 +285,7 @@ class Metrics:
         self._durations: dict[str, object] = {}
         self._ttfts: dict[str, object] = {}
         self._tokens: dict[tuple, object] = {}
+        self._costs: dict[tuple, object] = {}
         self._retries: dict[str, object] = {}
 
     # -- the request path ------------------------------------------------------------------
@@ -314,6 +317,12 @@ class Metrics:
                 if counter is None:
                     counter = self._tokens[(domain, model, kind)] = self.m.tokens.labels(domain, model, kind)
                 counter.inc(n)
+        cost = rec.cost_usd
+        if cost:  # None: a model without a price, counted nowhere rather than as $0
+            counter = self._costs.get((domain, model))
+            if counter is None:
+                counter = self._costs[(domain, model)] = self.m.cost.labels(domain, model)
+            counter.inc(cost)
         kind = upstream_error_kind(rec)
         if kind is not None:
             self._errors[kind].inc()

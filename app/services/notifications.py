@@ -200,6 +200,7 @@ def telemetry_event(rec: RequestRecord) -> dict:
         "mode": rec.mode,
         "toolCallCount": rec.tool_calls,
         "requestType": rec.request_type,
+        "costUsd": rec.cost_usd,
     }
 
 

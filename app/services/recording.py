@@ -8,6 +8,7 @@ import logging
 import time
 
 from app.logs import log_access_record
+from app.pricing import PriceTable, record_cost
 from app.records import RequestRecord
 from app.usage import TEXT_CAP
 
@@ -15,16 +16,20 @@ log = logging.getLogger("nexus")
 
 
 class Recorder:
-    def __init__(self, accounting, telemetry, slack, credentials, metrics=None) -> None:
+    def __init__(self, accounting, telemetry, slack, credentials, prices: PriceTable | None = None,
+                 metrics=None) -> None:
         self.accounting = accounting
         self.telemetry = telemetry
         self.slack = slack
         self.credentials = credentials
+        self.prices = prices if prices is not None else PriceTable()
         self.metrics = metrics
 
     def finish(self, rec: RequestRecord) -> None:
         rec.duration_ms = round((time.perf_counter() - rec.started) * 1000, 3)
         try:
+            # Priced once, here: the row and the counters keep this figure whatever the prices become.
+            rec.cost_usd = record_cost(self.prices, rec)
             self.accounting.record(rec)
             if self.metrics is not None:
                 self.metrics.request_finished(rec)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from app.pricing import format_usd
+
 WIDTH = 90
 DOMAIN_WIDTH = 25
+COST_WIDTH = 12  # the Cost column, shown once the store knows prices (" $1,234.56*")
 
 
 def format_uptime(seconds: float) -> str:
@@ -39,19 +42,31 @@ def _cells(values: list[int]) -> list[str]:
     return [str(reqs), str(query), str(infer), str(tools), f"{inp:,}", f"{out:,}", f"{inp + out:,}"]
 
 
+def _cost_cell(cost: float, unpriced: int, requests: int) -> str:
+    # A domain whose every request is unpriced has no dollar figure at all; a partial one is marked.
+    if unpriced and unpriced >= requests and not cost:
+        return "unpriced"
+    return format_usd(cost) + ("*" if unpriced else "")
+
+
 def format_report(stats: dict[str, dict], *, now: datetime, uptime_seconds: float) -> str:
     """The product's table for per-domain stats (camelCase keys as in /token-stats).
 
-    Rows are sorted by domain name; Total Tok = Input Tok + Output Tok, as in the product.
+    Rows are sorted by domain name; Total Tok = Input Tok + Output Tok, as in the product. When the stats
+    carry costs (`costUsd`), a Cost column follows; `*` marks a cost that leaves unpriced requests out.
     """
+    with_cost = any("costUsd" in s for s in stats.values())
+    width = WIDTH + (COST_WIDTH if with_cost else 0)
+    header = _row("Domain", "Reqs", "Query", "Infer", "Tools", "Input Tok", "Output Tok", "Total Tok")
     lines = [
-        "=" * WIDTH,
+        "=" * width,
         f"Token Usage Report - {format_local_time(now)} (Uptime: {format_uptime(uptime_seconds)})",
-        "=" * WIDTH,
-        _row("Domain", "Reqs", "Query", "Infer", "Tools", "Input Tok", "Output Tok", "Total Tok"),
-        "-" * WIDTH,
+        "=" * width,
+        header + (f" {'Cost':>{COST_WIDTH - 1}}" if with_cost else ""),
+        "-" * width,
     ]
     sums = [0] * 6
+    cost_sum, unpriced_sum = 0.0, 0
     for domain in sorted(stats):
         s = stats[domain]
         values = [
@@ -63,10 +78,22 @@ def format_report(stats: dict[str, dict], *, now: datetime, uptime_seconds: floa
             int(s.get("outputTokens") or 0),
         ]
         sums = [a + b for a, b in zip(sums, values)]
-        lines.append(_row(domain, *_cells(values)))
-    lines.append("-" * WIDTH)
-    lines.append(_row("TOTAL", *_cells(sums)))
-    lines.append("=" * WIDTH)
+        line = _row(domain, *_cells(values))
+        if with_cost:
+            cost, unpriced = float(s.get("costUsd") or 0.0), int(s.get("unpricedRequests") or 0)
+            cost_sum += cost
+            unpriced_sum += unpriced
+            line += f" {_cost_cell(cost, unpriced, values[0]):>{COST_WIDTH - 1}}"
+        lines.append(line)
+    lines.append("-" * width)
+    total = _row("TOTAL", *_cells(sums))
+    if with_cost:
+        total += f" {_cost_cell(cost_sum, unpriced_sum, sums[0]):>{COST_WIDTH - 1}}"
+    lines.append(total)
+    lines.append("=" * width)
+    if with_cost and unpriced_sum:
+        lines.append(f"* {unpriced_sum:,} request(s) used a model without a price and are not in the cost "
+                     "(MODEL_PRICES adds prices)")
     return "\n".join(lines)
 
 

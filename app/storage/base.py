@@ -7,8 +7,9 @@ import time
 from typing import Any, ContextManager, Sequence
 
 from app.records import RequestRecord
+from app.storage.dashboard import DashboardQueries
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def apply_migrations(execute, migrations: Sequence[Sequence[str]], placeholder: str) -> None:
@@ -47,8 +48,10 @@ class StorageDataError(StorageError):
     """The store is reachable but refused the data itself (so retrying the same batch cannot help)."""
 
 
-class Storage(abc.ABC):
+class Storage(DashboardQueries, abc.ABC):
     """Usage counters, the per-request log, report leadership and (PostgreSQL only) shared credentials.
+
+    The dashboard's reads (ranges, keyset pages, filters) come from `DashboardQueries`.
 
     Implementations connect lazily (nothing happens in the constructor), migrate the schema on first
     use, and are safe to use from several greenlets of one process.
@@ -116,6 +119,8 @@ REQUEST_COLUMNS = (
     "ts", "request_id", "domain", "mode", "method", "path", "model_requested", "model_used",
     "request_type", "stream", "input_tokens", "output_tokens", "cache_creation_input_tokens",
     "cache_read_input_tokens", "tool_calls", "status", "duration_ms", "error_type",
+    # schema 2: cost
+    "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens", "cost_usd",
 )
 
 # Counter columns in the order of the tuple `aggregate` produces.
@@ -123,6 +128,10 @@ COUNTER_COLUMNS = (
     "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
     "request_count", "query_count", "inference_count", "tool_call_count", "error_count", "last_updated",
 )
+# Added by schema 2, after the columns above (so schema 1's DDL stays what it was): dollars, and the
+# requests that used tokens on a model without a price.
+COST_COUNTER_COLUMNS = ("cost_usd", "unpriced_count")
+ALL_COUNTER_COLUMNS = COUNTER_COLUMNS + COST_COUNTER_COLUMNS
 
 
 _MAX_COUNT = 10**12  # sums stay far inside BIGINT whatever an upstream claims
@@ -167,6 +176,8 @@ def request_row(rec: RequestRecord) -> tuple:
         bool(rec.stream), _count(rec.input_tokens), _count(rec.output_tokens),
         _count(rec.cache_creation_input_tokens), _count(rec.cache_read_input_tokens), _count(rec.tool_calls),
         _status(rec.status), _number(rec.duration_ms), _text(rec.error_type),
+        _count(getattr(rec, "cache_creation_5m_input_tokens", 0)),
+        _count(getattr(rec, "cache_creation_1h_input_tokens", 0)), _cost(getattr(rec, "cost_usd", None)),
     )
 
 
@@ -183,6 +194,14 @@ def new_rows(rows: list[tuple], existing: set) -> list[tuple]:
     return out
 
 
+def _cost(value) -> float | None:
+    # None stays None: "unpriced" must never become $0.
+    if value is None:
+        return None
+    f = _number(value)
+    return f if f >= 0 else 0.0
+
+
 def _status(value) -> int:
     n = _count(value)
     return n if n < 1000 else 0
@@ -193,20 +212,24 @@ def aggregate(rows: Sequence[tuple]) -> tuple[dict[str, list], dict[tuple[str, s
     by_domain: dict[str, list] = {}
     by_model: dict[tuple[str, str], list] = {}
     for (ts, _rid, domain, _mode, _method, _path, asked, used, rtype, _stream, inp, out, cc, cr, tools,
-         status, duration, error) in rows:
+         status, duration, error, _cc5m, _cc1h, cost) in rows:
         inference = rtype == "inference"
         delta = (inp, out, cc, cr, 1, 0 if inference else 1, 1 if inference else 0, tools,
                  1 if error is not None or status >= 400 else 0)
         last = int(ts * 1000 + duration)
+        priced = cost if cost is not None else 0.0
+        unpriced = 1 if cost is None else 0
         for table, key in ((by_domain, domain), (by_model, (domain, used or asked or "unknown"))):
             acc = table.get(key)
             if acc is None:
-                table[key] = [*delta, last]
+                table[key] = [*delta, last, priced, unpriced]
             else:
                 for i, v in enumerate(delta):
                     acc[i] += v
                 if last > acc[9]:
                     acc[9] = last
+                acc[10] += priced
+                acc[11] += unpriced
     return by_domain, by_model
 
 
@@ -215,13 +238,16 @@ def domain_dict(row: Sequence[Any]) -> dict:
     -> the camelCase dict of /token-stats."""
     out = {k: int(row[i] or 0) for i, k in enumerate(DOMAIN_KEYS)}
     out["lastUpdated"] = int(row[9] or 0)
+    out["costUsd"] = round(float(row[10] or 0.0), 6)
+    out["unpricedRequests"] = int(row[11] or 0)
     return out
 
 
 def model_dict(row: Sequence[Any]) -> dict:
     """Same tuple layout as `domain_dict`, the per-model keys."""
     d = domain_dict(row)
-    return {k: d[k] for k in MODEL_KEYS} | {"lastUpdated": d["lastUpdated"]}
+    return {k: d[k] for k in MODEL_KEYS} | {"lastUpdated": d["lastUpdated"], "costUsd": d["costUsd"],
+                                            "unpricedRequests": d["unpricedRequests"]}
 
 
 # Aggregates over the request rows, in the tuple layout of `domain_dict` (portable SQL: SQLite and PostgreSQL).
@@ -230,12 +256,13 @@ _ROW_AGGREGATES = (
     " COUNT(*), SUM(CASE WHEN request_type = 'inference' THEN 0 ELSE 1 END),"
     " SUM(CASE WHEN request_type = 'inference' THEN 1 ELSE 0 END), SUM(tool_calls),"
     " SUM(CASE WHEN error_type IS NOT NULL OR status >= 400 THEN 1 ELSE 0 END),"
-    " MAX(ts * 1000 + duration_ms)"  # float: truncated in Python, the same on both backends
+    " MAX(ts * 1000 + duration_ms),"  # float: truncated in Python, the same on both backends
+    " SUM(cost_usd), SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END)"
 )
 _COUNTER_AGGREGATES = (
     "SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens),"
     " SUM(request_count), SUM(query_count), SUM(inference_count), SUM(tool_call_count), SUM(error_count),"
-    " MAX(last_updated)"
+    " MAX(last_updated), SUM(cost_usd), SUM(unpriced_count)"
 )
 
 

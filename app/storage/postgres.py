@@ -16,8 +16,9 @@ import zlib
 from typing import Any, Iterator, Sequence
 
 from app.records import RequestRecord
+from app.storage.dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
 from app.storage.base import (
-    COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
+    ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
     apply_migrations, model_dict, new_rows, request_row, stats_query,
 )
 
@@ -46,6 +47,26 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE nexus_credentials (key TEXT PRIMARY KEY, data JSONB NOT NULL,"
         " updated_at DOUBLE PRECISION NOT NULL)",
     ],
+    [  # cost per request and in the counters; indexes for the dashboard's keyset paging and filters
+        "ALTER TABLE nexus_requests ADD COLUMN cache_creation_5m_input_tokens BIGINT NOT NULL DEFAULT 0,"
+        " ADD COLUMN cache_creation_1h_input_tokens BIGINT NOT NULL DEFAULT 0,"
+        " ADD COLUMN cost_usd DOUBLE PRECISION",
+        "ALTER TABLE nexus_domain_usage ADD COLUMN cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,"
+        " ADD COLUMN unpriced_count BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_model_usage ADD COLUMN cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,"
+        " ADD COLUMN unpriced_count BIGINT NOT NULL DEFAULT 0",
+        # Requests counted before prices existed were never priced: say so rather than show $0.
+        "UPDATE nexus_domain_usage SET unpriced_count = request_count",
+        "UPDATE nexus_model_usage SET unpriced_count = request_count",
+        "CREATE INDEX nexus_requests_ts_id ON nexus_requests (ts, id)",
+        "CREATE INDEX nexus_requests_domain_ts ON nexus_requests (domain, ts)",
+        "CREATE INDEX nexus_requests_model_ts ON nexus_requests (model_used, ts)",
+        "CREATE INDEX nexus_requests_error_ts ON nexus_requests (error_type, ts)",
+        "CREATE INDEX nexus_requests_status_ts ON nexus_requests (status, ts)",
+        "CREATE INDEX nexus_requests_ts_duration ON nexus_requests (ts, duration_ms)",  # percentiles, index only
+        *rollup_ddl("BIGINT", "DOUBLE PRECISION"),
+        *rollup_backfill("FLOOR(ts / {p})::BIGINT"),
+    ],
     [
         # Journal replays look request ids up before counting a record again.
         "CREATE INDEX nexus_requests_request_id ON nexus_requests (request_id)",
@@ -55,9 +76,9 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def _upsert_sql(table: str, keys: tuple[str, ...]) -> str:
-    cols = ", ".join((*keys, *COUNTER_COLUMNS))
-    marks = ", ".join("%s" for _ in (*keys, *COUNTER_COLUMNS))
-    sets = ", ".join(f"{c} = {table}.{c} + EXCLUDED.{c}" for c in COUNTER_COLUMNS[:-1])
+    cols = ", ".join((*keys, *ALL_COUNTER_COLUMNS))
+    marks = ", ".join("%s" for _ in (*keys, *ALL_COUNTER_COLUMNS))
+    sets = ", ".join(f"{c} = {table}.{c} + EXCLUDED.{c}" for c in ALL_COUNTER_COLUMNS if c != "last_updated")
     return (f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets},"
             f" last_updated = GREATEST({table}.last_updated, EXCLUDED.last_updated)")
 
@@ -66,6 +87,7 @@ _UPSERT_DOMAIN = _upsert_sql("nexus_domain_usage", ("domain",))
 _UPSERT_MODEL = _upsert_sql("nexus_model_usage", ("domain", "model"))
 _COPY_REQUESTS = f"COPY nexus_requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN"
 _PRUNE = "DELETE FROM nexus_requests WHERE id <= (SELECT MAX(id) FROM nexus_requests) - %s"
+_UPSERT_ROLLUP, _UPSERT_DURATIONS = rollup_upserts("%s", "EXCLUDED", True)
 
 
 def _int4(text: str) -> int:
@@ -234,6 +256,9 @@ class PostgresStorage(Storage):
                 cur.execute("SET LOCAL synchronous_commit = off")
                 cur.executemany(_UPSERT_DOMAIN, domain_rows)
                 cur.executemany(_UPSERT_MODEL, model_rows)
+                usage, durations = rollups(rows)  # sorted keys too
+                cur.executemany(_UPSERT_ROLLUP, usage)
+                cur.executemany(_UPSERT_DURATIONS, durations)
                 with cur.copy(_COPY_REQUESTS) as copy:
                     for row in rows:
                         copy.write_row(row)
@@ -246,6 +271,26 @@ class PostgresStorage(Storage):
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._conn() as conn:
             return conn.execute(sql, params).fetchall()
+
+    placeholder = "%s"
+
+    def _query_dicts(self, sql: str, params: Sequence = ()) -> tuple[list[str], list[dict]]:
+        with self._conn() as conn:
+            cur = conn.execute(sql, params)
+            columns = [d.name for d in cur.description]
+            return columns, [dict(zip(columns, row)) for row in cur.fetchall()]
+
+    def bucket_sql(self) -> str:
+        return "FLOOR((ts - %s) / %s)::BIGINT"
+
+    def duration_percentiles(self, since: float, until: float,
+                             quantiles: Sequence[float] = (0.5, 0.95)) -> list[float | None]:
+        row = self._query("SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY duration_ms)"
+                          " FROM nexus_requests WHERE ts >= %s AND ts < %s", (list(quantiles), since, until))
+        values = row[0][0] if row else None
+        if not values:
+            return [None for _ in quantiles]
+        return [None if v is None else float(v) for v in values]
 
     def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:
         sql, params = stats_query("domain", "%s", since, until)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -10,8 +11,9 @@ import time
 from typing import Sequence
 
 from app.records import RequestRecord
+from app.storage.dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
 from app.storage.base import (
-    COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
+    ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
     apply_migrations, model_dict, new_rows, request_row, stats_query,
 )
 
@@ -38,6 +40,25 @@ MIGRATIONS: list[list[str]] = [
         " status INTEGER NOT NULL DEFAULT 0, duration_ms REAL NOT NULL DEFAULT 0, error_type TEXT)",
         "CREATE INDEX nexus_requests_ts ON nexus_requests (ts)",
     ],
+    [  # cost per request and in the counters; indexes for the dashboard's filters (ts index holds the rowid)
+        "ALTER TABLE nexus_requests ADD COLUMN cache_creation_5m_input_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_requests ADD COLUMN cache_creation_1h_input_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_requests ADD COLUMN cost_usd REAL",
+        "ALTER TABLE nexus_domain_usage ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_domain_usage ADD COLUMN unpriced_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_model_usage ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE nexus_model_usage ADD COLUMN unpriced_count INTEGER NOT NULL DEFAULT 0",
+        # Requests counted before prices existed were never priced: say so rather than show $0.
+        "UPDATE nexus_domain_usage SET unpriced_count = request_count",
+        "UPDATE nexus_model_usage SET unpriced_count = request_count",
+        "CREATE INDEX nexus_requests_domain_ts ON nexus_requests (domain, ts)",
+        "CREATE INDEX nexus_requests_model_ts ON nexus_requests (model_used, ts)",
+        "CREATE INDEX nexus_requests_error_ts ON nexus_requests (error_type, ts)",
+        "CREATE INDEX nexus_requests_status_ts ON nexus_requests (status, ts)",
+        "CREATE INDEX nexus_requests_ts_duration ON nexus_requests (ts, duration_ms)",  # percentiles, index only
+        *rollup_ddl("INTEGER", "REAL"),
+        *rollup_backfill("CAST(ts / {p} AS INTEGER)"),
+    ],
     [
         # Journal replays look request ids up before counting a record again.
         "CREATE INDEX nexus_requests_request_id ON nexus_requests (request_id)",
@@ -47,9 +68,9 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def _upsert_sql(table: str, key_cols: str) -> str:
-    cols = ", ".join(COUNTER_COLUMNS)
-    marks = ", ".join("?" for _ in COUNTER_COLUMNS)
-    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTER_COLUMNS[:-1])
+    cols = ", ".join(ALL_COUNTER_COLUMNS)
+    marks = ", ".join("?" for _ in ALL_COUNTER_COLUMNS)
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in ALL_COUNTER_COLUMNS if c != "last_updated")
     nkeys = key_cols.count(",") + 1
     return (f"INSERT INTO {table} ({key_cols}, {cols}) VALUES ({', '.join('?' * nkeys)}, {marks})"
             f" ON CONFLICT ({key_cols}) DO UPDATE SET {sets},"
@@ -61,6 +82,7 @@ _UPSERT_MODEL = _upsert_sql("nexus_model_usage", "domain, model")
 _INSERT_REQUEST = (f"INSERT INTO nexus_requests ({', '.join(REQUEST_COLUMNS)})"
                    f" VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})")
 _PRUNE = "DELETE FROM nexus_requests WHERE id <= (SELECT MAX(id) FROM nexus_requests) - ?"
+_UPSERT_ROLLUP, _UPSERT_DURATIONS = rollup_upserts("?", "excluded", False)
 
 
 class SqliteStorage(Storage):
@@ -162,6 +184,9 @@ class SqliteStorage(Storage):
                     conn.executemany(_UPSERT_DOMAIN, [(d, *v) for d, v in by_domain.items()])
                     conn.executemany(_UPSERT_MODEL, [(d, m, *v) for (d, m), v in by_model.items()])
                     conn.executemany(_INSERT_REQUEST, rows)
+                    usage, durations = rollups(rows)
+                    conn.executemany(_UPSERT_ROLLUP, usage)
+                    conn.executemany(_UPSERT_DURATIONS, durations)
                     # Row ids grow by one per insert, so this keeps exactly the newest N rows
                     # with an index range delete (no count, no scan).
                     conn.execute(_PRUNE, (self.retention_rows,))
@@ -192,6 +217,29 @@ class SqliteStorage(Storage):
                 return self._ready().execute(sql, params).fetchall()
             except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"SQLite read failed: {exc}") from exc
+
+    def _query_dicts(self, sql: str, params: Sequence = ()) -> tuple[list[str], list[dict]]:
+        with self._lock:
+            try:
+                cur = self._ready().execute(sql, params)
+                columns = [d[0] for d in cur.description]
+                return columns, [dict(zip(columns, row)) for row in cur.fetchall()]
+            except (sqlite3.Error, OSError) as exc:
+                raise StorageError(f"SQLite read failed: {exc}") from exc
+
+    def bucket_sql(self) -> str:
+        # ts >= origin in every query that buckets, so truncation is floor
+        return "CAST((ts - ?) / ? AS INTEGER)"
+
+    def duration_percentiles(self, since: float, until: float,
+                             quantiles: Sequence[float] = (0.5, 0.95)) -> list[float | None]:
+        # SQLite has no percentile function: read the sorted durations through the ts index once.
+        rows = self._query("SELECT duration_ms FROM nexus_requests WHERE ts >= ? AND ts < ?", (since, until))
+        if not rows:
+            return [None for _ in quantiles]
+        values = sorted(r[0] for r in rows)
+        n = len(values)
+        return [float(values[min(n - 1, max(0, math.ceil(q * n - 1e-9) - 1))]) for q in quantiles]
 
     def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:
         sql, params = stats_query("domain", "?", since, until)

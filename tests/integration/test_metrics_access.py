@@ -143,3 +143,19 @@ def test_every_metric_is_documented_and_the_deploy_files_use_only_those(tmp_path
         used |= set(re.findall(r"nexus_[a-z_]+", (root / "deploy" / name).read_text()))
     used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in used} - {"nexus_proxy", "nexus_metrics_token"}
     assert used - documented == set()
+
+
+def test_cost_per_domain_and_model_matches_the_usage_store(tmp_path, fake_upstream):
+    c = client(tmp_path, PROXY_MODE="passthrough", CLAUDE_API_BASE_URL=fake_upstream.url,
+               CLAUDE_API_KEY="sk-ant-api03-metrics-cost-key-0123456789")
+    for text in ("one", "two two", "three three three"):
+        resp = c.post("/v1/messages", headers={"host": "team-c.example.com"},
+                      json={"model": "claude-sonnet-4-5", "max_tokens": 20,
+                            "messages": [{"role": "user", "content": text}]})
+        assert resp.status_code == 200 and resp.get_json()["type"] == "message"
+        resp.close()  # the request is recorded once the response is closed
+    families = parses(c.get("/metrics"))
+    costs = {(s.labels["domain"], s.labels["model"]): s.value for s in families["nexus_cost_usd"].samples}
+    stored = c.get("/token-stats").get_json()["stats"]["team-c.example.com"]["costUsd"]
+    assert stored > 0
+    assert costs[("team-c.example.com", "claude-sonnet-4-5")] == pytest.approx(stored, rel=1e-9)

@@ -62,7 +62,7 @@ def _bodies(rsps):
 # ---------------------------------------------------------------- telemetry
 
 def test_telemetry_event_has_exactly_the_product_fields():
-    assert telemetry_event(_rec(tool_calls=2, request_type="inference")) == {
+    assert telemetry_event(_rec(tool_calls=2, request_type="inference", cost_usd=0.01725)) == {
         "timestamp": "2024-01-15T10:30:00.250Z",
         "requestId": "abc123-def456",
         "method": "POST",
@@ -78,7 +78,12 @@ def test_telemetry_event_has_exactly_the_product_fields():
         "mode": "passthrough",
         "toolCallCount": 2,
         "requestType": "inference",
+        "costUsd": 0.01725,
     }
+
+
+def test_telemetry_event_says_null_cost_for_an_unpriced_request():
+    assert telemetry_event(_rec(cost_usd=None))["costUsd"] is None
 
 
 def test_telemetry_event_error_and_defensive_masking():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.records import RequestRecord
+from app.storage.base import SCHEMA_VERSION
 from app.storage import open_storage
 from app.storage.base import SCHEMA_VERSION, StorageError
 from app.storage.postgres import PostgresStorage
@@ -99,7 +100,7 @@ def test_write_batch_sums_per_domain(store):
     assert stats["a.com"] == {
         "inputTokens": 303, "outputTokens": 34, "cacheCreationInputTokens": 5, "cacheReadInputTokens": 7,
         "requestCount": 3, "queryEvaluationCount": 1, "inferenceCount": 2, "toolCallCount": 3, "errorCount": 0,
-        "lastUpdated": int((NOW + 1) * 1000),
+        "lastUpdated": int((NOW + 1) * 1000), "costUsd": 0.0, "unpricedRequests": 3,  # no cost was computed
     }
     assert stats["b.com"]["requestCount"] == 1 and stats["b.com"]["outputTokens"] == 2
     assert set(stats) == {"a.com", "b.com"}
@@ -150,6 +151,7 @@ def test_per_model_breakdown(store):
     assert models["openai/gpt-4.1"] == {
         "requestCount": 2, "inputTokens": 550, "outputTokens": 0, "cacheCreationInputTokens": 0,
         "cacheReadInputTokens": 0, "toolCallCount": 2, "errorCount": 1, "lastUpdated": int(NOW * 1000),
+        "costUsd": 0.0, "unpricedRequests": 2,
     }
     assert models["openai/gpt-4.1-mini"]["inputTokens"] == 5
     assert models["claude-opus-4"]["requestCount"] == 1
@@ -158,7 +160,7 @@ def test_per_model_breakdown(store):
     ranged = store.model_stats(since=NOW - 60)
     assert ranged["openai/gpt-4.1"]["inputTokens"] == 50
     assert store.model_stats(since=NOW - 7200, until=NOW - 60, domain="b.com") == {
-        "openai/gpt-4.1": ranged["openai/gpt-4.1"] | {"inputTokens": 500, "toolCallCount": 0, "errorCount": 1,
+            "openai/gpt-4.1": ranged["openai/gpt-4.1"] | {"inputTokens": 500, "toolCallCount": 0, "errorCount": 1,
                                                       "lastUpdated": int((NOW - 3600) * 1000)}}
 
 

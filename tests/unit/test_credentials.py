@@ -271,7 +271,8 @@ def test_formats_paths_and_status(tmp_path, monkeypatch):
     st = m.status()
     assert st["team1.example.com"] == {"file": "credentials/team1.json", "found": True, "valid": True,
                                        "type": "api_key", "expiresAt": None, "expired": False,
-                                       "lastRefreshError": None, "error": None, "source": "file"}
+                                       "lastRefreshError": None, "lastRefresh": None, "error": None,
+                                       "source": "file"}
     t2 = st["team2.example.com"]
     assert (t2["file"], t2["type"], t2["valid"], t2["expired"]) == ("~/team2.json", "oauth", True, False)
     assert t2["expiresAt"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires // 1000))

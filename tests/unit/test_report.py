@@ -94,3 +94,17 @@ def test_local_time_like_the_product(when, text):
 def test_started_line():
     assert format_started(10) == "Token usage tracking started (reporting every 10s)"
     assert format_started(2.5) == "Token usage tracking started (reporting every 2.5s)"
+
+
+def test_cost_column_once_the_store_knows_prices_and_unpriced_requests_are_marked():
+    stats = {"a.com": {"requestCount": 3, "inputTokens": 100, "costUsd": 1234.5, "unpricedRequests": 0},
+             "b.com": {"requestCount": 2, "inputTokens": 5, "costUsd": 0.0, "unpricedRequests": 2},
+             "c.com": {"requestCount": 4, "costUsd": 0.0123, "unpricedRequests": 1}}
+    lines = format_report(stats, now=datetime(2025, 1, 1), uptime_seconds=0).splitlines()
+    header = lines[3]
+    assert header.endswith("Total Tok        Cost")
+    assert lines[5].endswith(" $1,234.50") and lines[6].endswith(" unpriced") and lines[7].endswith(" $0.0123*")
+    assert lines[9].startswith("TOTAL") and lines[9].endswith(" $1,234.51*")
+    assert lines[-1] == ("* 3 request(s) used a model without a price and are not in the cost "
+                         "(MODEL_PRICES adds prices)")
+    assert {len(line) for line in lines if set(line) in ({"="}, {"-"})} == {len(header) + 1}  # as the product
