@@ -61,11 +61,13 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
            shutting_down: Callable[[], bool]) -> Iterator[bytes]:
     debug = logs.debug_enabled()
     first = True  # until the first content event has gone out (time to first token)
+    chunks = None
     try:
         head = plug.head()
         if head:
             yield head
-        for chunk in with_keepalive(iter_body(resp), ping_interval):
+        chunks = with_keepalive(iter_body(resp), ping_interval)
+        for chunk in chunks:
             if chunk is None:
                 yield PING
                 continue
@@ -91,6 +93,10 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
         rec.upstream_error = failure_kind(exc)
         yield plug.failure(rec.error_type, rec.error_message)
     finally:
+        if chunks is not None:
+            # Stop the reader greenlet before the connection can go back to the pool: a reader still
+            # inside read1() would otherwise share it with the next request.
+            chunks.close()
         close_quietly(resp, complete=plug.reusable and rec.error_type is None)
         apply_usage(rec, plug.usage())
         recorder.finish(rec)
@@ -129,7 +135,9 @@ def with_keepalive(chunks: Iterator[bytes], interval: float) -> Iterator[bytes |
                 raise item
             yield item
     finally:
-        reader.kill(block=False)
+        # Wait for the reader to be gone: a reader still inside read1() after the connection went back
+        # to the pool would read the next request's answer.
+        reader.kill(block=True, timeout=1.0)
 
 
 def stream_failure(exc: BaseException, shutting_down: bool = False) -> tuple[str, str]:

@@ -36,8 +36,8 @@ def counted(proxy: ProxyServer) -> tuple[int, int]:
 
 def test_sigkill_under_load_loses_no_usage(fake_upstream, storage_env, tmp_path):
     # Streams of 10 chunks 20 ms apart and instant JSON answers, from the fake's counted bench path.
-    env = {"PROXY_MODE": "translation", "ANTHROPIC_PROXY_BASE_URL": fake_upstream.url + "/bench/10/0/20",
-           "CLAUDE_CODE_PROXY_API_KEY": "ghp_killtestupstreamkey000000001", **storage_env}
+    env = {"PROXY_MODE": "passthrough", "CLAUDE_API_BASE_URL": fake_upstream.url + "/bench/10/0/20",
+           "CLAUDE_API_KEY": "sk-ant-api03-killtest-upstream-key-000000001", **storage_env}
     with ProxyServer(env, workers=2, cwd=tmp_path) as proxy:
         stop = threading.Event()
         answered = [0]

@@ -187,7 +187,8 @@ def test_killed_workers_lose_and_double_nothing(fake_upstream, tmp_path):
 
 def test_domain_labels_stay_bounded_under_random_hosts(fake_upstream, tmp_path):
     # count_tokens is answered locally in translation mode: 1,000 requests that cost no upstream call.
-    env = translation_env(fake_upstream, tmp_path, METRICS_MAX_DOMAINS="200")
+    # The store's own bound on unmapped hosts is lifted here, so only the metrics' bound is in play.
+    env = translation_env(fake_upstream, tmp_path, METRICS_MAX_DOMAINS="200", USAGE_MAX_UNMAPPED_HOSTS="5000")
     rnd = random.Random(7)
     hosts = ["%08x.attacker.example" % rnd.getrandbits(32) for _ in range(1000)]
     with ProxyServer(env, workers=2, cwd=tmp_path) as proxy:
