@@ -61,12 +61,11 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
            shutting_down: Callable[[], bool]) -> Iterator[bytes]:
     debug = logs.debug_enabled()
     first = True  # until the first content event has gone out (time to first token)
-    chunks = None
+    chunks = with_keepalive(iter_body(resp), ping_interval)
     try:
         head = plug.head()
         if head:
             yield head
-        chunks = with_keepalive(iter_body(resp), ping_interval)
         for chunk in chunks:
             if chunk is None:
                 yield PING
@@ -93,10 +92,7 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
         rec.upstream_error = failure_kind(exc)
         yield plug.failure(rec.error_type, rec.error_message)
     finally:
-        if chunks is not None:
-            # Stop the reader greenlet before the connection can go back to the pool: a reader still
-            # inside read1() would otherwise share it with the next request.
-            chunks.close()
+        chunks.close()  # the keep-alive reader stops before the connection is released or closed
         close_quietly(resp, complete=plug.reusable and rec.error_type is None)
         apply_usage(rec, plug.usage())
         recorder.finish(rec)
@@ -135,9 +131,8 @@ def with_keepalive(chunks: Iterator[bytes], interval: float) -> Iterator[bytes |
                 raise item
             yield item
     finally:
-        # Wait for the reader to be gone: a reader still inside read1() after the connection went back
-        # to the pool would read the next request's answer.
-        reader.kill(block=True, timeout=1.0)
+        # wait for it: a reader still inside a read would share the connection with its next user
+        reader.kill(block=True, timeout=1)
 
 
 def stream_failure(exc: BaseException, shutting_down: bool = False) -> tuple[str, str]:

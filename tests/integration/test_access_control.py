@@ -410,3 +410,64 @@ def test_a_mapped_domain_whose_file_cannot_be_read_fails_closed(tmp_path):
     resp = client.post("/v1/messages", json=body, headers={"Host": "team.example.com"})
     assert resp.status_code == 401 and resp.get_json()["error"]["type"] == "authentication_error"
     assert "cannot be read" in resp.get_json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- the one rule for the client's key
+
+
+BLANK_THEN_BEARER = [
+    ({"x-api-key": "", "authorization": "Bearer {key}"}, "bearer"),
+    ({"x-api-key": "   ", "authorization": "Bearer {key}"}, "bearer"),
+    ({"x-api-key": "{key}", "authorization": "Bearer {other}"}, "x-api-key"),
+    ({"x-api-key": "  {key}  "}, "x-api-key"),
+]
+
+
+def _fill(headers: dict, key: str, other: str) -> dict:
+    return {k: v.format(key=key, other=other) for k, v in headers.items()}
+
+
+@pytest.mark.parametrize("mode", ["translation", "passthrough"])
+@pytest.mark.parametrize("headers,_", BLANK_THEN_BEARER)
+def test_access_control_reads_the_key_by_the_one_rule(tmp_path, fake_upstream, mode, headers, _):
+    make = translation_client if mode == "translation" else passthrough_client
+    client = make(tmp_path, fake_upstream, PROXY_API_KEYS=PROXY_KEY)
+    resp = client.post("/v1/messages", json=MESSAGE, headers=_fill(headers, PROXY_KEY, "wrong-key-0000000000000"))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert PROXY_KEY not in everything_sent(fake_upstream.requests()[-1])
+    # the other way round: the wrong value where the rule looks first is refused
+    if "authorization" in headers and headers.get("x-api-key", "").strip():
+        wrong = _fill(headers, "wrong-key-0000000000000", PROXY_KEY)
+        assert_error(client.post("/v1/messages", json=MESSAGE, headers=wrong), 401, "authentication_error")
+
+
+CLIENT_ANTHROPIC_KEY = "sk-ant-api03-client-own-key-abcdefghijklmnopqrstuvwx"
+
+
+@pytest.mark.parametrize("headers,_", BLANK_THEN_BEARER)
+def test_passthrough_takes_the_clients_credential_by_the_one_rule(tmp_path, fake_upstream, headers, _):
+    client = make_client(tmp_path, PROXY_MODE="passthrough", CLAUDE_API_BASE_URL=fake_upstream.url)
+    resp = client.post("/v1/messages", json=MESSAGE,
+                       headers=_fill(headers, CLIENT_ANTHROPIC_KEY, "sk-ant-api03-other-000000000000000"))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    sent = fake_upstream.requests()[-1]["headers"]
+    assert sent["x-api-key"] == CLIENT_ANTHROPIC_KEY and "authorization" not in sent
+
+
+@pytest.mark.parametrize("headers,_", BLANK_THEN_BEARER)
+def test_translation_takes_the_clients_upstream_key_by_the_one_rule(tmp_path, fake_upstream, headers, _):
+    client = make_client(tmp_path, ANTHROPIC_PROXY_BASE_URL=fake_upstream.url)
+    own = "github_pat_client_own_token_0123456789abcdef"
+    resp = client.post("/v1/messages", json=MESSAGE, headers=_fill(headers, own, "github_pat_other_000000000"))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert fake_upstream.requests()[-1]["headers"]["authorization"] == "Bearer " + own
+
+
+@pytest.mark.parametrize("headers", [{"x-api-key": "  "}, {"x-api-key": "", "authorization": "Bearer   "},
+                                     {"authorization": "Basic abc"}])
+def test_blank_keys_are_no_key_in_every_place(tmp_path, fake_upstream, headers):
+    translation = make_client(tmp_path, ANTHROPIC_PROXY_BASE_URL=fake_upstream.url)
+    assert_error(translation.post("/v1/messages", json=MESSAGE, headers=headers), 401, "authentication_error")
+    passthrough = make_client(tmp_path, PROXY_MODE="passthrough", CLAUDE_API_BASE_URL=fake_upstream.url)
+    assert_error(passthrough.post("/v1/messages", json=MESSAGE, headers=headers), 401, "authentication_error")
+    assert fake_upstream.requests() == []

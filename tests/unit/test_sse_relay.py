@@ -131,3 +131,26 @@ def test_the_decoder_agrees_with_sseclient_py_on_a_real_stream():
         ours = [(event, data.decode()) for piece in pieces for event, data in decoder.feed(piece)]
         assert ours == theirs
     assert [e for e, _ in theirs][:2] == ["message_start", "ping"] and theirs[-1][0] == "message_stop"
+
+
+def test_a_blank_line_split_across_reads_ends_the_event():
+    d = SSEDecoder()
+    assert d.feed(b"event: a\ndata: 1\n") == []
+    assert d.feed(b"\nevent: b\ndata: 2\r") == [("a", b"1")]
+    assert d.feed(b"\n\r\n") == [("b", b"2")]  # "\r\n" split across reads is one line end, then a blank line
+    assert d.pending == b""
+
+
+def test_one_event_over_the_cap_raises_and_under_it_is_whole():
+    from app.sse import SSEEventTooLarge
+
+    d = SSEDecoder(max_event=1000)
+    piece = b"x" * 300
+    d.feed(b"data: " + piece)
+    d.feed(piece)
+    assert d.feed(piece + b"\n\n") == [(None, piece * 3)]
+    with pytest.raises(SSEEventTooLarge) as exc:
+        for _ in range(5):
+            d.feed(b"data: " + piece)
+    assert exc.value.error_type == "api_error" and "MAX_SSE_EVENT_MB" in exc.value.message
+
