@@ -236,8 +236,9 @@ def run_claude(claude: str, project: Project, base_url: str, credentials: Mappin
 # -- the proxy's /token-stats ----------------------------------------------------------------------
 
 
-def token_stats(proxy_url: str) -> dict:
-    with urllib.request.urlopen(proxy_url + "/token-stats", timeout=10) as resp:
+def token_stats(proxy_url: str, admin_key: str | None = None) -> dict:
+    req = urllib.request.Request(proxy_url + "/token-stats", headers={"x-api-key": admin_key} if admin_key else {})
+    with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -249,12 +250,13 @@ def stats_delta(before: dict, after: dict, section: str, key: str) -> dict[str, 
             if isinstance(value, (int, float)) and name != "lastUpdated"}
 
 
-def wait_for_stats(proxy_url: str, done: Callable[[dict], bool], timeout: float = 10.0) -> dict:
+def wait_for_stats(proxy_url: str, done: Callable[[dict], bool], timeout: float = 10.0,
+                   admin_key: str | None = None) -> dict:
     """/token-stats once `done` holds (a request's record is written as its stream closes, just after
     the client has its last byte), or the last answer when the deadline passes."""
     deadline = time.monotonic() + timeout
     while True:
-        stats = token_stats(proxy_url)
+        stats = token_stats(proxy_url, admin_key)
         if done(stats) or time.monotonic() > deadline:
             return stats
         time.sleep(0.05)

@@ -31,6 +31,7 @@ ANTHROPIC_KEY = "sk-ant-api03-e2e-client-key-0003"
 OAUTH_TOKEN = "sk-ant-oat01-e2e-client-token-0004"
 TEAM_KEY = "sk-ant-api03-e2e-team-a-key-0005"
 TEAM_PROXY_KEY = "team-a-proxy-key-e2e-0006"
+ADMIN_KEY = "operator-admin-key-e2e-0007"
 UPSTREAM_MESSAGE = "Upstream exploded: capacity pool quota-7731 is exhausted"
 
 # Fields of Claude Code's requests with no place in an OpenAI body: never forwarded in translation.
@@ -137,7 +138,8 @@ def domain_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer
     cred = tmp_path_factory.mktemp("credentials") / "team-a.json"
     cred.write_text(json.dumps(dict(file_doc, api_key=TEAM_KEY, client_api_key=TEAM_PROXY_KEY)))
     cred.chmod(0o600)
-    env = substitute(doc, {"DOMAIN_CREDENTIAL_MAPPING": json.dumps({TEAM_HOST: str(cred)})})
+    env = substitute(doc, {"DOMAIN_CREDENTIAL_MAPPING": json.dumps({TEAM_HOST: str(cred)}),
+                           "PROXY_API_KEYS": ADMIN_KEY})
     with _proxy(tmp_path_factory, dict(env, CLAUDE_API_BASE_URL=fake_upstream_server.url)) as proxy:
         yield proxy
 
@@ -192,10 +194,10 @@ def _tool_message_turns(posts: list[dict]) -> tuple[dict, dict]:
     return first, second
 
 
-def _stats_after(proxy: ProxyServer, before: dict, domain: str, requests: int) -> dict:
+def _stats_after(proxy: ProxyServer, before: dict, domain: str, requests: int, admin_key: str | None = None) -> dict:
     """/token-stats once it counts `requests` more requests for `domain` than `before` did."""
     return wait_for_stats(proxy.url, lambda s: stats_delta(before, s, "stats", domain).get("requestCount", 0)
-                          >= requests)
+                          >= requests, admin_key=admin_key)
 
 
 # -- 1, 2: translation mode --------------------------------------------------------------------------
@@ -331,7 +333,7 @@ def test_passthrough_with_oauth_token(claude, fake, passthrough_proxy, project, 
 
 def test_passthrough_with_domain_mapping(claude, fake, domain_proxy, project, trap):
     client = _client("passthrough-domain/client", domain_proxy, ANTHROPIC_AUTH_TOKEN=TEAM_PROXY_KEY)
-    before = token_stats(domain_proxy.url)
+    before = token_stats(domain_proxy.url, ADMIN_KEY)
     run = _run(claude, project, domain_proxy, client, trap, base_url=f"http://{TEAM_HOST}:{domain_proxy.port}")
     assert_read_and_answered(run, project)
     posts = _posts(fake, "/v1/messages")
@@ -340,7 +342,7 @@ def test_passthrough_with_domain_mapping(claude, fake, domain_proxy, project, tr
         headers = post["headers"]
         assert headers.get("x-api-key") == TEAM_KEY and "authorization" not in headers  # the team's key
         assert TEAM_PROXY_KEY not in json.dumps(headers)  # the proxy's access key stays at the proxy
-    after = _stats_after(domain_proxy, before, TEAM_HOST, 2)
+    after = _stats_after(domain_proxy, before, TEAM_HOST, 2, ADMIN_KEY)
     counted = stats_delta(before, after, "stats", TEAM_HOST)
     assert counted["requestCount"] == 2 and counted["toolCallCount"] == 1, counted
 
