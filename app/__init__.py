@@ -21,6 +21,7 @@ class Services:
         from .services.accounting import Accounting
         from .services.credentials import CredentialManager
         from .services.domains import DomainNames
+        from .services.metrics import Metrics
         from .services.notifications import Slack, Telemetry
         from .services.passthrough import Passthrough
         from .services.recording import Recorder
@@ -30,7 +31,8 @@ class Services:
 
         self.settings = settings
         self.started_at = time.time()
-        for secret in (settings.claude_code_proxy_api_key, settings.claude_api_key, *settings.proxy_api_keys):
+        for secret in (settings.claude_code_proxy_api_key, settings.claude_api_key, *settings.proxy_api_keys,
+                       settings.metrics_token):
             if secret:
                 register_secret(secret)
         self.setup_dir = client_setup_dir(settings.client_setup_dir)
@@ -40,7 +42,7 @@ class Services:
         except StorageError as exc:
             # An unreachable database must not stop the proxy: usage is buffered until it is back.
             log.warning("usage store unavailable at start-up (%s); requests are served and usage is buffered", exc)
-        self.accounting = Accounting(settings, self.storage)
+        self.accounting = Accounting(settings, self.storage, journal=settings.usage_journal)
         self.telemetry = Telemetry(settings)
         self.slack = Slack(settings)
         store = self.storage if getattr(self.storage, "supports_credentials", False) else None
@@ -55,8 +57,10 @@ class Services:
         from .pricing import PriceTable
 
         self.prices = PriceTable(settings.model_prices)
+        self.metrics = Metrics(settings, self.accounting, self.telemetry, self.credentials)
+        self.upstream.on_retry = self.metrics.retry
         self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials, self.prices,
-                                 self.client_keys)
+                                 self.client_keys, self.metrics)
         # the dashboard: its own key (DASHBOARD_API_KEY, or one the server made), its reads
         from .services.dashboard import DashboardService
         from .services.dashboard_auth import DashboardAuth, dashboard_key
@@ -81,6 +85,7 @@ class Services:
             self.credentials.validate_all()
         self.accounting.start()
         self.client_keys.start()
+        self.metrics.start()
         self.telemetry.start()
         self.slack.start()
 
@@ -96,11 +101,12 @@ class Services:
                     part.stop(timeout)
             except Exception:
                 log.exception("stopping %s failed", type(part).__name__)
+        self.metrics.stop()
 
 
 def create_app(settings: Settings | None = None, *, start_background: bool = True) -> Flask:
     """Build the app: settings validated once, services built once, blueprints registered."""
-    from .blueprints import dashboard, health, messages, setup_files, stats
+    from .blueprints import dashboard, health, messages, metrics, setup_files, stats
     from .handlers import register_error_handlers
     from .logs import configure_logging
 
@@ -114,7 +120,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     app.json.ensure_ascii = False
     services = Services(settings)
     app.extensions["nexus"] = services
-    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp, dashboard.bp):
+    for blueprint in (health.bp, stats.bp, setup_files.bp, messages.bp, metrics.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     if not settings.translation:
         app.register_blueprint(messages.other_bp)

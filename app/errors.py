@@ -93,8 +93,11 @@ def sse_error_event(error_type: str, message: str) -> bytes:
 class ProxyError(Exception):
     """An error the proxy answers with an Anthropic error body.
 
-    Raised anywhere below the blueprints; the app's error handler shapes it.
+    Raised anywhere below the blueprints; the app's error handler shapes it. `upstream_kind` says how the
+    upstream failed when it did (a kind of nexus_upstream_errors_total), None for the proxy's own errors.
     """
+
+    upstream_kind: str | None = None
 
     def __init__(
         self,

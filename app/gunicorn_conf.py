@@ -34,6 +34,13 @@ from .services.dashboard_auth import dashboard_banner_lines, dashboard_key  # no
 
 dashboard_key(_settings)
 
+if _settings.metrics_enabled:
+    # Before any worker exists (and before prometheus_client is imported), so every worker writes its
+    # metrics files into one directory that the scrape reads.
+    from .services.metrics import prepare_directory  # noqa: E402
+
+    prepare_directory()
+
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers
 worker_class = ProxyWorker  # gevent, plus closing idle keep-alive connections on stop
@@ -72,7 +79,14 @@ def worker_exit(server, worker):
     worker_stopping(worker)
 
 
-def on_exit(server):
-    from .lifecycle import print_final_report
+def child_exit(server, worker):
+    from .lifecycle import worker_reaped
 
+    worker_reaped(_settings, worker.pid)
+
+
+def on_exit(server):
+    from .lifecycle import master_exiting, print_final_report
+
+    master_exiting(_settings)
     print_final_report(_settings, _started_at)

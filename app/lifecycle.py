@@ -42,6 +42,66 @@ def worker_stopping(worker) -> None:
         services.stop()
 
 
+def worker_reaped(settings, pid: int) -> None:
+    """In the master, for a worker that is gone however it ended: its live gauges stop counting, and
+    the usage it had not written yet is replayed from its journal."""
+    from .services.metrics import mark_dead
+
+    mark_dead(pid)
+    if settings.usage_journal:
+        _replay_in_child(settings)
+
+
+def _replay_in_child(settings) -> None:
+    """Replay in a short-lived child process: the master must not import the database driver itself
+    (psycopg picks a blocking wait function when imported before gevent patches a worker), and must
+    not wait on the store while it supervises the workers."""
+    import os
+    import signal
+
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        log.warning("journal replay not started (%s); the next worker to start replays it", exc)
+        return
+    if pid:
+        return  # gunicorn's SIGCHLD handling reaps the child
+    code = 0
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT,
+                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_DFL)
+        _replay_now(settings)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _replay_now(settings) -> int:
+    from .services.journal import replay_into_store
+    from .storage import open_storage
+
+    storage = open_storage(settings)
+    try:
+        return replay_into_store(settings, storage)
+    finally:
+        storage.close()
+
+
+def master_exiting(settings) -> None:
+    """After the last worker: replay what a worker killed during the shutdown left, remove the metrics
+    directory the master made."""
+    from .services.metrics import cleanup_directory
+
+    if settings.usage_journal:
+        try:
+            _replay_now(settings)
+        except Exception as exc:
+            print(f"usage journal replay failed ({exc}); the next start replays it", flush=True)
+    cleanup_directory()
+
+
 def print_final_report(settings, started_at: float) -> None:
     """Printed once by the master after every worker has flushed its usage."""
     try:

@@ -28,6 +28,7 @@ class RequestRecord:
     duration_ms: float = 0.0
     api_key_masked: str | None = None  # already masked; never the raw key
     auth_type: str | None = None  # "api_key" | "oauth" | None
+    upstream_error: str | None = None  # how the upstream failed, if it did (app.services.metrics kinds)
     # For Slack only; kept short by the producer.
     user_text: str | None = None
     assistant_text: str | None = None

@@ -206,6 +206,13 @@ class SettingsSchema(Schema):
         ["error", "drop"], error="must be 'error' or 'drop'"))
     thinking_signing_key = fields.String(data_key="THINKING_SIGNING_KEY", validate=validate.Length(
         min=16, error="must be at least 16 characters"))
+    # Prometheus metrics (/metrics) and the usage journal that survives a killed worker
+    metrics_enabled = _Bool(data_key="METRICS_ENABLED")
+    metrics_token = fields.String(data_key="METRICS_TOKEN")
+    metrics_max_domains = _positive_int(data_key="METRICS_MAX_DOMAINS")
+    metrics_max_models = _positive_int(data_key="METRICS_MAX_MODELS")
+    usage_journal = _Bool(data_key="USAGE_JOURNAL")
+    usage_journal_dir = fields.String(data_key="USAGE_JOURNAL_DIR", validate=validate.Length(min=1))
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,13 @@ class Settings:
     upstream_profile: str = "auto"
     server_tools: str = "error"
     thinking_signing_key: str | None = field(default=None, repr=False)
+    # Prometheus metrics (/metrics) and the usage journal that survives a killed worker
+    metrics_enabled: bool = True
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_max_domains: int = 200
+    metrics_max_models: int = 200
+    usage_journal: bool = True
+    usage_journal_dir: str | None = None  # default: usage-journal/ next to USAGE_DB_PATH
 
     @property
     def max_body_bytes(self) -> int:

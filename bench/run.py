@@ -645,6 +645,13 @@ def main(argv: list[str] | None = None) -> int:
         if database is not None:
             database.drop()
 
+    hot_table, hot_targets = "", []
+    if not args.direct_only:
+        from bench import hotpath
+
+        log("hot path parts: journal, metrics, /metrics scrape (in-process)")
+        hot_table, hot_targets = hotpath.render_table(hotpath.run_in_subprocess(smoke=args.smoke))
+
     elapsed = time.monotonic() - started
     busy, total = (b - a for a, b in zip(machine0, procstat.machine_cpu()))
     own_cpu += sum(os.times()[:2])
@@ -683,7 +690,10 @@ def main(argv: list[str] | None = None) -> int:
         % (elapsed, 100 * other_share, " (numbers are noisy: rerun on a quiet machine)" if other_share > 0.1 else ""),
         "",
     ]
-    text = "\n".join(header) + "\n" + table + "\n\n## Targets\n\n" + "\n".join("- " + t for t in targets) + \
+    targets += hot_targets
+    text = "\n".join(header) + "\n" + table + "\n\n" + \
+        ("## Hot path parts (CPU per request, measured in one process)\n\n" + hot_table + "\n\n" if hot_table else "") + \
+        "## Targets\n\n" + "\n".join("- " + t for t in targets) + \
         "\n\n## Notes\n\n" + "\n".join(notes) + "\n"
     print(text)
     if out:

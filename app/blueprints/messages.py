@@ -80,6 +80,7 @@ def _handle(kind: str) -> Response:
         rec.status = exc.status
         rec.error_type = exc.error_type
         rec.error_message = exc.message
+        rec.upstream_error = rec.upstream_error or exc.upstream_kind
         services.recorder.finish(rec)
         raise
     return to_response(reply)

@@ -1,14 +1,16 @@
 """Usage accounting: an in-memory buffer on the request path, a background flusher, the console report.
 
-`record()` only appends to a bounded deque. A flusher greenlet writes batches (every second or every
-100 records) to the storage; if the storage is down the records stay buffered, up to a bound, and are
-written once it is back. A reporter greenlet prints the table from the one process holding report
+`record()` appends the record to this process's journal (app.services.journal) and to a bounded deque.
+A flusher greenlet writes batches (every second or every 100 records) to the storage; if the storage is
+down the records stay buffered, up to a bound, and are written once it is back. What a killed process
+left in its journal is adopted by the next flusher that finds it. A reporter greenlet prints the table from the one process holding report
 leadership, and only when the totals changed.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from datetime import datetime
 from typing import Callable, Sequence
@@ -31,6 +33,8 @@ FLUSH_INTERVAL = 1.0
 MAX_RETRY_WAIT = 10.0
 # One transaction never carries more than this, so a long backlog is written in bounded steps.
 MAX_WRITE = 1000
+# Flusher rounds between looks for journals that a dead process left behind.
+ADOPT_EVERY = 10
 
 
 def _mask_error(exc: BaseException) -> str:
@@ -46,8 +50,9 @@ class Accounting:
     def __init__(self, settings: Settings, storage: Storage, *, max_pending: int = MAX_PENDING,
                  batch_size: int = BATCH_SIZE, flush_interval: float = FLUSH_INTERVAL,
                  max_retry_wait: float = MAX_RETRY_WAIT, printer: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, journal: bool = False) -> None:
         self.settings = settings
+        self.use_journal = journal
         self.storage = storage
         self.max_pending = max_pending
         self.batch_size = batch_size
@@ -69,11 +74,34 @@ class Accounting:
         self._last_version: int | None = None
         self._announced = False
         self._stopped = False
+        self._journal = None
+        self._replayed: set[str] = set()  # request ids adopted from a dead process's journal
+        self._inflight: dict[str, RequestRecord] = {}  # begun, not finished (journaled again at each seal)
+        self._journal_failed = False
 
     # --- the request path ------------------------------------------------------------------
 
+    def begin(self, rec: RequestRecord) -> None:
+        """The upstream is about to be called: journal the request, so a kill cannot make it vanish."""
+        journal = self._journal
+        if journal is not None:
+            self._inflight[rec.request_id] = rec
+            try:
+                journal.append_begun(rec)
+            except Exception:
+                pass  # reported by record() if the journal keeps failing
+
     def record(self, rec: RequestRecord) -> None:
-        """Queue one request's usage. O(1); never raises, never blocks, never does I/O."""
+        """Queue one request's usage. O(1); never raises, never blocks; one append to the journal."""
+        journal = self._journal
+        if journal is not None:
+            self._inflight.pop(rec.request_id, None)
+            try:
+                journal.append(rec)
+            except Exception as exc:  # a full disk must not fail the request; the batch still has it
+                if not self._journal_failed:
+                    self._journal_failed = True
+                    log.warning("usage journal write failed (%s); records are only in memory until written", exc)
         try:
             pending = self._pending
             if len(pending) >= self.max_pending:
@@ -91,37 +119,59 @@ class Accounting:
         """Write everything pending now. True when the buffer is empty afterwards; never raises."""
         with self._flush_lock:
             while self._pending:
-                batch = self._take(MAX_WRITE)
-                try:
-                    self.storage.write_batch(batch)
-                except BaseException as exc:
-                    if not isinstance(exc, Exception):  # killed mid-write (shutdown): keep the batch
-                        self._restore(batch)
-                        raise
-                    if isinstance(exc, StorageDataError):
-                        # The store works but refused something in this batch: write the records one by
-                        # one so a single bad record cannot hold the whole buffer back forever.
-                        if self._write_one_by_one(batch):
-                            continue
-                        return False  # unreachable after all: the rest is buffered again
-                    self._restore(batch)
-                    if not self._failing:
-                        log.warning("usage storage unavailable, keeping %d records buffered: %s",
-                                    len(self._pending), _mask_error(exc))
-                    self._failing = True
-                    self._last_error = _mask_error(exc)
-                    return False
-                if self._failing:
-                    log.warning("usage storage is back; buffered records written")
-                self._failing = False
-                self._last_error = None
+                # Every record pending now is in the segments sealed here; once that many records are
+                # written (or given up by the bound), those segments can go.
+                todo = len(self._pending)
+                mark = self._seal()
+                while todo > 0 and self._pending:
+                    batch = self._take(min(MAX_WRITE, todo))
+                    todo -= len(batch)
+                    if not self._write(batch):
+                        return False
+                self._discard(mark)
             return True
+
+    def _write(self, batch: list[RequestRecord]) -> bool:
+        """One batch to the store; False (batch restored) when the store is unreachable."""
+        replayed = self._replayed
+        skip = bool(replayed) and any(r.request_id in replayed for r in batch)
+        try:
+            if skip:
+                self.storage.write_batch(batch, skip_existing=True)
+            else:
+                self.storage.write_batch(batch)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # killed mid-write (shutdown): keep the batch
+                self._restore(batch)
+                raise
+            if isinstance(exc, StorageDataError):
+                # The store works but refused something in this batch: write the records one by
+                # one so a single bad record cannot hold the whole buffer back forever.
+                return self._write_one_by_one(batch)
+            self._restore(batch)
+            if not self._failing:
+                log.warning("usage storage unavailable, keeping %d records buffered: %s",
+                            len(self._pending), _mask_error(exc))
+            self._failing = True
+            self._last_error = _mask_error(exc)
+            return False
+        if skip:
+            for r in batch:
+                replayed.discard(r.request_id)
+        if self._failing:
+            log.warning("usage storage is back; buffered records written")
+        self._failing = False
+        self._last_error = None
+        return True
 
     def _write_one_by_one(self, batch: list[RequestRecord]) -> bool:
         """False (nothing lost) if the store turns out to be unreachable after all."""
         for i, rec in enumerate(batch):
             try:
-                self.storage.write_batch([rec])
+                if rec.request_id in self._replayed:
+                    self.storage.write_batch([rec], skip_existing=True)
+                else:
+                    self.storage.write_batch([rec])
             except Exception as exc:
                 if not isinstance(exc, StorageDataError):
                     self._restore(batch[i:])
@@ -132,6 +182,60 @@ class Accounting:
                 log.error("usage record %s could not be stored and was dropped: %s",
                           getattr(rec, "request_id", "?"), _mask_error(exc))
         return True
+
+    # --- the journal -----------------------------------------------------------------------
+
+    def _open_journal(self) -> None:
+        from .journal import Journal, journal_dir, store_tag
+
+        try:
+            self._journal = Journal(journal_dir(self.settings), store_tag(self.settings))
+        except OSError as exc:
+            log.warning("usage journal unavailable (%s); a killed worker may lose its last second of usage", exc)
+
+    def _seal(self) -> int:
+        journal = self._journal
+        if journal is None:
+            return 0
+        try:
+            mark = journal.seal()
+            if self._inflight:
+                # Their "begun" lines are in the sealed segments, which go once the batch is written.
+                journal.append_begun_many(list(self._inflight.values()))
+            return mark
+        except OSError:
+            return 0
+
+    def _discard(self, mark: int) -> None:
+        if self._journal is not None and mark:
+            self._journal.discard(mark)
+
+    def adopt_orphans(self) -> int:
+        """Take into this process's batch what dead processes left in their journals. Returns how many."""
+        journal = self._journal
+        if journal is None:
+            return 0
+        from .journal import finish_orphan, orphans, read_segments
+
+        total = 0
+        for owner, paths, fd in orphans(journal.dir, journal.tag, skip_owner=journal.owner):
+            try:
+                records = read_segments(paths)
+                journal.append_many(records)  # ours now: safe before the orphan's files go
+            except Exception as exc:
+                os.close(fd)
+                log.warning("could not adopt a stopped worker's journal: %s", exc)
+                continue
+            for rec in records:
+                self._replayed.add(rec.request_id)
+            self._pending.extend(records)
+            self._restore(())
+            finish_orphan(journal.dir, journal.tag, owner, paths, fd)
+            total += len(records)
+        if total:
+            log.warning("adopted %d usage records a stopped worker had not written", total)
+            self._wake.set()
+        return total
 
     def _take(self, n: int) -> list[RequestRecord]:
         pending = self._pending
@@ -150,7 +254,14 @@ class Accounting:
 
     def _flush_loop(self) -> None:
         wait = self.flush_interval
+        rounds = 0
         while not self._stop.is_set():
+            if rounds % ADOPT_EVERY == 0:
+                try:
+                    self.adopt_orphans()
+                except Exception:  # pragma: no cover - never let the flusher die
+                    log.exception("journal adoption failed")
+            rounds += 1
             self._wake.wait(timeout=wait)
             self._wake.clear()
             if self._stop.is_set():
@@ -198,6 +309,8 @@ class Accounting:
 
     def start(self) -> None:
         """Spawn the flusher (and, when report_interval > 0, the reporter) greenlets."""
+        if self.use_journal and self._journal is None:
+            self._open_journal()
         if self._flusher is None:
             self._flusher = gevent.spawn(self._flush_loop)
         if self.report_interval > 0 and self._reporter is None:
@@ -216,8 +329,20 @@ class Accounting:
                 if not g.dead:
                     g.kill(block=False)
         self._flusher = self._reporter = None
-        if not self.flush():
-            log.warning("usage storage unavailable at shutdown: %d records not written", len(self._pending))
+        written = self.flush()
+        if not written:
+            if self._journal is not None:
+                log.warning("usage storage unavailable at shutdown: %d records kept in the journal (%s), written "
+                            "by the next process that starts", len(self._pending), self._journal.dir)
+            else:
+                log.warning("usage storage unavailable at shutdown: %d records not written", len(self._pending))
+        if self._journal is not None:
+            journal, self._journal = self._journal, None
+            try:
+                # Requests still in flight keep their "begun" lines for whoever replays this journal.
+                journal.close(keep=not written or bool(self._inflight))
+            except OSError as exc:
+                log.warning("closing the usage journal failed: %s", exc)
         if final_report and self.report_interval > 0:
             self.report_once(force=True)
 

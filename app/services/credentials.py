@@ -356,6 +356,18 @@ class CredentialManager:
             }
         return out
 
+    def oauth_expiry(self) -> dict[str, int]:
+        """Mapped domain -> when its OAuth access token expires (epoch ms), for the metrics."""
+        now = self._clock()
+        out = {}
+        for slot in self._slots:
+            st = slot.state
+            if now - st.checked_at >= CHECK_INTERVAL:
+                self._check_file(st, now)
+            if st.kind == "oauth" and st.expires_ms is not None:
+                out[slot.domain] = st.expires_ms
+        return out
+
     # ------------------------------------------------------------ internals: choice
 
     def _domain_credential(self, slot: _Slot) -> Credential:

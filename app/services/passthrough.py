@@ -14,7 +14,7 @@ from ..masking import mask_text
 from .credentials import CredentialManager
 from .headers import forward_headers, response_headers
 from .recording import Recorder, last_user_text
-from .relay import relay_stream, stream_failure
+from .relay import failure_kind, relay_stream, status_kind, stream_failure
 from .upstream import UpstreamClient, close_quietly
 from ..sse import SSEDecoder
 from ..usage import StreamUsage, Usage, apply_usage, classify_request, usage_from_message
@@ -77,8 +77,11 @@ class Passthrough:
         body = inc.body if inc.method not in ("GET", "HEAD") else None
         headers = forward_headers(client_headers, credential)
         logs.debug_outgoing(rec.request_id, url, headers, inc.body, "OAuth" if credential.kind == "oauth" else "API Key")
-        resp = self._send_handling_refresh(inc.method, url, headers, body, credential)
+        resp = self._send_handling_refresh(inc.method, url, headers, body, credential,
+                                           sent=lambda: self.recorder.begin(rec))
         rec.status = resp.status
+        if resp.status >= 400:
+            rec.upstream_error = status_kind(resp.status)
         out_headers = response_headers(resp.headers)
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             rec.stream = True
@@ -92,6 +95,7 @@ class Passthrough:
         except Exception as exc:
             close_quietly(resp)
             rec.error_type, rec.error_message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
+            rec.upstream_error = failure_kind(exc)
             data = error_json(rec.error_type, rec.error_message)
             rec.status = 502
             return Reply(502, [("content-type", "application/json")], data, lambda: self.recorder.finish(rec))
@@ -114,15 +118,17 @@ class Passthrough:
                 data = _masked(data)
         return Reply(status_out, out_headers, data, lambda: self.recorder.finish(rec))
 
-    def _send_handling_refresh(self, method: str, url: str, headers: dict, body: bytes | None, credential):
-        """Send the request; after a 401 on a domain's OAuth token, refresh it and resend once."""
-        resp = self.upstream.send(method, url, headers, body)
+    def _send_handling_refresh(self, method: str, url: str, headers: dict, body: bytes | None, credential,
+                               sent=None):
+        """Send the request; after a 401 on a domain's OAuth token, refresh it and resend once.
+        `sent()` runs once the request is on the wire (the accounting journals it then)."""
+        resp = self.upstream.send(method, url, headers, body, on_sent=sent)
         if resp.status == 401 and credential.kind == "oauth" and credential.source == "domain":
             renewed = self.credentials.refresh_after_unauthorized(credential)
             if renewed is not None:
                 close_quietly(resp)
                 renewed.apply(headers)
-                resp = self.upstream.send(method, url, headers, body)
+                resp = self.upstream.send(method, url, headers, body, on_sent=sent)
         return resp
 
 

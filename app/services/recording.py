@@ -1,4 +1,7 @@
-"""Hands each finished request to accounting, telemetry, Slack and the access log: once, never raising."""
+"""Hands each finished request to accounting, metrics, telemetry, Slack and the access log: once, never raising.
+
+The relay also tells it, for the metrics, when a stream opens and when its first token goes out.
+"""
 from __future__ import annotations
 
 import logging
@@ -14,13 +17,14 @@ log = logging.getLogger("nexus")
 
 class Recorder:
     def __init__(self, accounting, telemetry, slack, credentials, prices: PriceTable | None = None,
-                 client_keys=None) -> None:
+                 client_keys=None, metrics=None) -> None:
         self.accounting = accounting
         self.telemetry = telemetry
         self.slack = slack
         self.credentials = credentials
         self.prices = prices if prices is not None else PriceTable()
         self.client_keys = client_keys
+        self.metrics = metrics
 
     def finish(self, rec: RequestRecord) -> None:
         rec.duration_ms = round((time.perf_counter() - rec.started) * 1000, 3)
@@ -36,11 +40,28 @@ class Recorder:
                 log.exception("releasing the key limits of %s failed", rec.request_id)
         try:
             self.accounting.record(rec)
+            if self.metrics is not None:
+                self.metrics.request_finished(rec)
             self.telemetry.submit(rec)
             self.slack.submit(rec, self.credentials.slack_override_for(rec.domain))
             log_access_record(rec)
         except Exception:  # accounting must never break a request
             log.exception("recording request %s failed", rec.request_id)
+
+    def begin(self, rec: RequestRecord) -> None:
+        """The upstream is about to be called (the accounting journals it, in case the worker dies)."""
+        try:
+            self.accounting.begin(rec)
+        except Exception:
+            log.exception("journaling request %s failed", rec.request_id)
+
+    def stream_opened(self, rec: RequestRecord) -> None:
+        if self.metrics is not None:
+            self.metrics.stream_opened(rec)
+
+    def first_token(self, rec: RequestRecord) -> None:
+        if self.metrics is not None:
+            self.metrics.first_token(rec, time.perf_counter() - rec.started)
 
 
 def last_user_text(body: dict) -> str | None:

@@ -51,8 +51,10 @@ def relay_stream(resp, rec: RequestRecord, plug: StreamPlug, recorder, *, ping_i
 
     `host` is the upstream's, named in the error that ends a stream the upstream broke off.
     """
-    return StreamBody(_frame(resp, rec, plug, recorder, ping_interval, shutting_down, host),
+    body = StreamBody(_frame(resp, rec, plug, recorder, ping_interval, shutting_down, host),
                       abandoned(resp, rec, recorder))
+    recorder.stream_opened(rec)
+    return body
 
 
 def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: float,
@@ -60,6 +62,7 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
     debug = logs.debug_enabled()
     reader = BodyReader(resp)
     wait = ping_interval or None
+    first = True  # until the first content event has gone out (time to first token)
     try:
         head = plug.head()
         if head:
@@ -76,6 +79,9 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
             out = plug.feed(chunk)
             if out:
                 yield out
+                if first and b"content_block_delta" in out:
+                    first = False
+                    recorder.first_token(rec)
                 plug.seen(out)
         if plug.done:
             reader.read_end()
@@ -87,6 +93,7 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
         raise
     except Exception as exc:
         rec.error_type, rec.error_message = stream_failure(exc, shutting_down(), host)
+        rec.upstream_error = failure_kind(exc)
         yield plug.failure(rec.error_type, rec.error_message)
     finally:
         reusable = reader.complete and plug.reusable and rec.error_type is None
@@ -116,7 +123,19 @@ def upstream_http_error(status: int, body: bytes, headers, host: str) -> ProxyEr
     retry_after = headers.get("retry-after")
     if retry_after:
         extra["retry-after"] = retry_after
-    return ProxyError(status, upstream_error_message(status, body, host), error_type_for_status(status), extra)
+    err = ProxyError(status, upstream_error_message(status, body, host), error_type_for_status(status), extra)
+    err.upstream_kind = status_kind(status)
+    return err
+
+
+def status_kind(status: int) -> str:
+    """The metrics kind of an upstream's error status."""
+    return "status_5xx" if status >= 500 else "status_4xx"
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The metrics kind of an upstream that failed while its answer was being read."""
+    return "timeout" if isinstance(exc, ReadTimeoutError) else "mid_stream"
 
 
 def read_error_body(resp, limit: int = 65536) -> bytes:

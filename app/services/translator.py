@@ -11,7 +11,7 @@ from ..masking import mask_secret
 from ..records import RequestRecord
 from .headers import translation_headers
 from .recording import Recorder, last_user_text
-from .relay import read_error_body, relay_stream, stream_failure, upstream_http_error
+from .relay import failure_kind, read_error_body, relay_stream, stream_failure, upstream_http_error
 from .upstream import UpstreamClient, close_quietly
 from ..sse import SSEDecoder
 from .thinking_key import ThinkingKey
@@ -106,13 +106,14 @@ class Translator:
         if model in self._completion_tokens_models:
             _use_max_completion_tokens(payload)
         logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
-        resp = self.upstream.send("POST", self.url, headers, encode_body(payload))
+        sent = lambda: self.recorder.begin(rec)  # noqa: E731 - the upstream has the request: journal it
+        resp = self.upstream.send("POST", self.url, headers, encode_body(payload), on_sent=sent)
         if resp.status < 400:
             return resp
         error = read_error_body(resp)
         if resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):
             self._completion_tokens_models.add(model)
-            resp = self.upstream.send("POST", self.url, headers, encode_body(payload))
+            resp = self.upstream.send("POST", self.url, headers, encode_body(payload), on_sent=sent)
             if resp.status < 400:
                 return resp
             error = read_error_body(resp)
@@ -124,7 +125,9 @@ class Translator:
         except Exception as exc:
             close_quietly(resp)
             err_type, message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
-            raise ProxyError(502, message, err_type) from None
+            err = ProxyError(502, message, err_type)
+            err.upstream_kind = failure_kind(exc)
+            raise err from None
         close_quietly(resp, complete=True)
         try:
             upstream_json = jsoncodec.loads_lenient(raw)
@@ -169,7 +172,9 @@ class Translator:
         except Exception as exc:
             close_quietly(resp)
             err_type, message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
-            raise ProxyError(502, message, err_type) from None
+            err = ProxyError(502, message, err_type)
+            err.upstream_kind = failure_kind(exc)
+            raise err from None
         close_quietly(resp, complete=True)
         try:
             message = responses_to_anthropic(jsoncodec.loads_lenient(raw), model=model, signing_key=self.thinking_key.get(),

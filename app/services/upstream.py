@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import weakref
 from typing import Mapping
@@ -21,12 +22,48 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
 from ..errors import ProxyError, from_upstream, upstream_host
 from ..settings import Settings
 
 log = logging.getLogger("nexus.upstream")
 
 RETRY_STATUSES = frozenset({429, 503, 529})
+
+# The callback of the request being sent in this greenlet (gevent patches threading.local).
+_sending = threading.local()
+
+
+class _NotifyingHTTPConnection(HTTPConnection):
+    """Calls the sender's `on_sent` once the whole request is written to the socket: from then on the
+    upstream has it even if this process dies, which is when the accounting journals the request."""
+
+    def request(self, *args, **kwargs):  # type: ignore[override]
+        super().request(*args, **kwargs)
+        _notify_sent()
+
+
+class _NotifyingHTTPSConnection(HTTPSConnection):
+    def request(self, *args, **kwargs):  # type: ignore[override]
+        super().request(*args, **kwargs)
+        _notify_sent()
+
+
+def _notify_sent() -> None:
+    callback = getattr(_sending, "callback", None)
+    if callback is not None:
+        _sending.callback = None
+        callback()
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _NotifyingHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _NotifyingHTTPSConnection
 
 
 class UpstreamClient:
@@ -40,7 +77,9 @@ class UpstreamClient:
             retries=False,
             timeout=self.timeout,
         )
+        self.pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
         self._sleep = sleep or time.sleep
+        self.on_retry = None  # called with the reason of each retry (metrics)
         # Open streaming responses, so a shutdown that runs out of time can end them cleanly.
         self._open: "weakref.WeakSet[urllib3.BaseHTTPResponse]" = weakref.WeakSet()
         self.shutting_down = False
@@ -53,8 +92,10 @@ class UpstreamClient:
         body: bytes | None,
         *,
         decode_content: bool = True,
+        on_sent=None,
     ) -> urllib3.BaseHTTPResponse:
-        """Send a request and return the response with its body unread.
+        """Send a request and return the response with its body unread. `on_sent()` is called once the
+        request is on the wire (each attempt).
 
         Connection failures and 429/503/529 answers are retried `max_retries` times with backoff,
         honouring `retry-after` up to `retry_max_wait`. Failures become a ProxyError (502/504).
@@ -62,6 +103,7 @@ class UpstreamClient:
         attempts = self.settings.max_retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            _sending.callback = on_sent
             try:
                 resp = self.pool.urlopen(
                     method, url, body=body, headers=headers, preload_content=False,
@@ -69,32 +111,37 @@ class UpstreamClient:
                 )
             except (ConnectTimeoutError, NewConnectionError) as exc:
                 if last:
-                    raise ProxyError(502, from_upstream(upstream_host(url), f"is unreachable: {_reason(exc)}"),
-                                     "api_error") from None
-                self._backoff(attempt, None, f"connection failed ({_reason(exc)})")
+                    raise _upstream(ProxyError(502, from_upstream(upstream_host(url), f"is unreachable: {_reason(exc)}"),
+                                               "api_error"), "connect") from None
+                self._backoff(attempt, None, f"connection failed ({_reason(exc)})", "connect")
                 continue
             except ReadTimeoutError:
-                raise ProxyError(504, from_upstream(upstream_host(url), f"did not answer within {self.settings.read_timeout:g}s"),
-                                 "timeout_error") from None
+                raise _upstream(ProxyError(504, from_upstream(upstream_host(url),
+                                                              f"did not answer within {self.settings.read_timeout:g}s"),
+                                           "timeout_error"), "timeout") from None
             except (ProtocolError, HTTPError) as exc:
                 # The connection broke before any answer (e.g. a stale keep-alive socket): safe to retry.
                 if last:
-                    raise ProxyError(502, from_upstream(upstream_host(url), f"connection failed: {_reason(exc)}"),
-                                     "api_error") from None
-                self._backoff(attempt, None, f"connection error ({_reason(exc)})")
+                    raise _upstream(ProxyError(502, from_upstream(upstream_host(url), f"connection failed: {_reason(exc)}"),
+                                               "api_error"), "connect") from None
+                self._backoff(attempt, None, f"connection error ({_reason(exc)})", "connection_error")
                 continue
+            finally:
+                _sending.callback = None
             if resp.status in RETRY_STATUSES and not last:
                 wait = _retry_after(resp.headers.get("retry-after"))
                 if wait is None or wait <= self.settings.retry_max_wait:
                     resp.drain_conn()
                     resp.release_conn()
-                    self._backoff(attempt, wait, f"HTTP {resp.status}")
+                    self._backoff(attempt, wait, f"HTTP {resp.status}", f"status_{resp.status}")
                     continue
             self._open.add(resp)
             return resp
         raise AssertionError("unreachable")
 
-    def _backoff(self, attempt: int, retry_after: float | None, why: str) -> None:
+    def _backoff(self, attempt: int, retry_after: float | None, why: str, reason: str) -> None:
+        if self.on_retry is not None:
+            self.on_retry(reason)
         delay = retry_after if retry_after is not None else min(0.5 * 2 ** attempt, 8.0) * (0.5 + random.random() / 2)
         delay = min(delay, self.settings.retry_max_wait)
         log.info("upstream %s; retrying in %.2fs (attempt %d)", why, delay, attempt + 2)
@@ -127,6 +174,11 @@ def close_quietly(resp: urllib3.BaseHTTPResponse | None, complete: bool = False)
                 resp.connection.close()
     except Exception:
         pass
+
+
+def _upstream(err: ProxyError, kind: str) -> ProxyError:
+    err.upstream_kind = kind
+    return err
 
 
 def _retry_after(value: str | None) -> float | None:

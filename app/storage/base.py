@@ -9,7 +9,7 @@ from typing import Any, ContextManager, Sequence
 from ..records import RequestRecord
 from .dashboard import DashboardQueries
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def apply_migrations(execute, migrations: Sequence[Sequence[str]], placeholder: str) -> None:
@@ -65,8 +65,12 @@ class Storage(DashboardQueries, abc.ABC):
         """Create or upgrade the schema, idempotently, recording the schema version."""
 
     @abc.abstractmethod
-    def write_batch(self, records: Sequence[RequestRecord]) -> None:
-        """In one transaction: bump the counters, insert one row per request, enforce retention."""
+    def write_batch(self, records: Sequence[RequestRecord], skip_existing: bool = False) -> None:
+        """In one transaction: bump the counters, insert one row per request, enforce retention.
+
+        `skip_existing` (records replayed from a journal): leave out request ids already stored, so a
+        record written just before its process was killed is not counted twice.
+        """
 
     @abc.abstractmethod
     def domain_stats(self, since: float | None = None, until: float | None = None) -> dict[str, dict]:
@@ -189,6 +193,19 @@ def request_row(rec: RequestRecord) -> tuple:
         _count(getattr(rec, "cache_creation_1h_input_tokens", 0)), _cost(getattr(rec, "cost_usd", None)),
         _text(rec.key_id),
     )
+
+
+def new_rows(rows: list[tuple], existing: set) -> list[tuple]:
+    """`rows` without those whose request id is in `existing`, nor repeats within the batch."""
+    out = []
+    seen = set(existing)
+    for row in rows:
+        rid = row[1]
+        if rid in seen:
+            continue
+        seen.add(rid)
+        out.append(row)
+    return out
 
 
 def _cost(value) -> float | None:

@@ -19,7 +19,7 @@ from ..records import RequestRecord
 from .dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
 from .base import (
     ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
-    apply_migrations, model_dict, request_row, stats_query,
+    apply_migrations, model_dict, new_rows, request_row, stats_query,
 )
 
 log = logging.getLogger("nexus.storage")
@@ -28,6 +28,7 @@ log = logging.getLogger("nexus.storage")
 # deployments sharing one database in different schemas (and parallel test runs) do not collide.
 _LOCK_MIGRATE = 1
 _LOCK_REPORT = 2
+_LOCK_REPLAY = 3
 
 _COUNTERS_DDL = ", ".join(f"{c} BIGINT NOT NULL DEFAULT 0" for c in COUNTER_COLUMNS)
 
@@ -74,6 +75,10 @@ MIGRATIONS: list[list[str]] = [
         " created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION)",
         "ALTER TABLE nexus_requests ADD COLUMN key_id TEXT",
         "CREATE INDEX nexus_requests_key_ts ON nexus_requests (key_id, ts)",
+    ],
+    [
+        # Journal replays look request ids up before counting a record again.
+        "CREATE INDEX nexus_requests_request_id ON nexus_requests (request_id)",
     ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -237,16 +242,24 @@ class PostgresStorage(Storage):
 
     # --- writes ----------------------------------------------------------------------------
 
-    def write_batch(self, records: Sequence[RequestRecord]) -> None:
+    def write_batch(self, records: Sequence[RequestRecord], skip_existing: bool = False) -> None:
         if not records:
             return
         rows = [request_row(r) for r in records]
-        by_domain, by_model = aggregate(rows)
-        # Sorted keys: two hosts upserting the same domains lock the rows in the same order (no deadlock).
-        domain_rows = [(d, *by_domain[d]) for d in sorted(by_domain)]
-        model_rows = [(d, m, *by_model[(d, m)]) for d, m in sorted(by_model)]
         with self._conn() as conn:
             with conn.cursor() as cur:
+                if skip_existing:
+                    # Replays take turns (a transaction lock), so two of one record cannot both miss the other.
+                    cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self._namespace(conn), _LOCK_REPLAY))
+                    cur.execute("SELECT request_id FROM nexus_requests WHERE request_id = ANY(%s)",
+                                ([r[1] for r in rows],))
+                    rows = new_rows(rows, {r[0] for r in cur.fetchall()})
+                    if not rows:
+                        return
+                by_domain, by_model = aggregate(rows)
+                # Sorted keys: two hosts upserting the same domains lock the rows in the same order (no deadlock).
+                domain_rows = [(d, *by_domain[d]) for d in sorted(by_domain)]
+                model_rows = [(d, m, *by_model[(d, m)]) for d, m in sorted(by_model)]
                 # Usage may lose its last few hundred ms if the database server itself crashes; in
                 # exchange the commit does not wait for the WAL flush (credentials keep the default).
                 cur.execute("SET LOCAL synchronous_commit = off")

@@ -14,7 +14,7 @@ from ..records import RequestRecord
 from .dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
 from .base import (
     ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
-    apply_migrations, model_dict, request_row, stats_query,
+    apply_migrations, model_dict, new_rows, request_row, stats_query,
 )
 
 log = logging.getLogger("nexus.storage")
@@ -67,6 +67,10 @@ MIGRATIONS: list[list[str]] = [
         " updated_at REAL NOT NULL, revoked_at REAL)",
         "ALTER TABLE nexus_requests ADD COLUMN key_id TEXT",
         "CREATE INDEX nexus_requests_key_ts ON nexus_requests (key_id, ts)",
+    ],
+    [
+        # Journal replays look request ids up before counting a record again.
+        "CREATE INDEX nexus_requests_request_id ON nexus_requests (request_id)",
     ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -172,7 +176,7 @@ class SqliteStorage(Storage):
 
     # --- writes ----------------------------------------------------------------------------
 
-    def write_batch(self, records: Sequence[RequestRecord]) -> None:
+    def write_batch(self, records: Sequence[RequestRecord], skip_existing: bool = False) -> None:
         if not records:
             return
         rows = [request_row(r) for r in records]
@@ -182,6 +186,10 @@ class SqliteStorage(Storage):
                 conn = self._ready()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if skip_existing:
+                        # Under the write lock, so two replays of one record cannot both miss the other.
+                        rows = new_rows(rows, self._existing_ids(conn, [r[1] for r in rows]))
+                        by_domain, by_model = aggregate(rows)
                     conn.executemany(_UPSERT_DOMAIN, [(d, *v) for d, v in by_domain.items()])
                     conn.executemany(_UPSERT_MODEL, [(d, m, *v) for (d, m), v in by_model.items()])
                     conn.executemany(_INSERT_REQUEST, rows)
@@ -199,6 +207,16 @@ class SqliteStorage(Storage):
                 raise StorageDataError(f"SQLite refused the data: {exc}") from exc
             except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"SQLite write failed: {exc}") from exc
+
+    @staticmethod
+    def _existing_ids(conn: sqlite3.Connection, ids: list) -> set:
+        found: set = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found.update(r[0] for r in conn.execute(
+                f"SELECT request_id FROM nexus_requests WHERE request_id IN ({marks})", chunk))
+        return found
 
     # --- reads -----------------------------------------------------------------------------
 
