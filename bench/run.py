@@ -365,6 +365,7 @@ def _responses_vs_chat(index: dict) -> list[str]:
         ok = resp <= chat + max(chat * 0.05, 0.00005)
         out.append("responses vs chat: proxy CPU per request, %s: %.3f ms vs %.3f ms %s"
                    % (name, resp * 1000, chat * 1000, "PASS" if ok else "FAIL"))
+    return out
 
 
 def machine_info() -> str:
@@ -624,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers: dict[str, ProxyServer] = {}
                 try:
                     if not args.direct_only:
-                        if not args.no_bare:
+                        if not args.no_bare and mode != "responses":  # the bare relay has no Responses twin
                             servers["bare"] = bare_relay(mode, fake.url + group.prefix).start()
                         env = proxy_env(mode, fake.url + group.prefix, database.url if database else None)
                         env.update(extra_env)
