@@ -207,32 +207,40 @@ class Translator:
                               "or send your own key as x-api-key or Authorization: Bearer", "authentication_error")
 
 
-class TranslatedStream:
-    """The translation plug of the relay frame: OpenAI chunks in, Anthropic events out."""
+class _ConvertedStream:
+    """What both translation plugs of the relay frame share: upstream SSE events in, Anthropic events out.
 
-    __slots__ = ("translator", "decoder", "done", "reusable", "_saw_done")
+    A subclass says which events carry nothing (`SKIP`), what ends the stream (`_ended`), and how it ends.
+    """
 
-    def __init__(self, translator: StreamTranslator, max_event: int) -> None:
+    __slots__ = ("translator", "decoder", "done", "reusable")
+    SKIP: frozenset = frozenset()
+    MALFORMED = "Upstream sent a malformed stream event"
+
+    def __init__(self, translator, max_event: int) -> None:
         self.translator = translator
         self.decoder = SSEDecoder(max_event)
         self.done = False
         self.reusable = False
-        self._saw_done = False
 
     def head(self) -> bytes:
+        # message_start at once: no keep-alive ping can come before it
         return self.translator.start()
 
     def feed(self, chunk: bytes) -> bytes:
         translator = self.translator
         out = []
-        for _event, data in self.decoder.feed(chunk):
-            if data == b"[DONE]":
-                self.done = self._saw_done = True
+        skip = self.SKIP
+        for event, data in self.decoder.feed(chunk):
+            if event in skip:
+                continue
+            if self._ended(data):
+                self.done = True
                 break
             try:
                 obj = jsoncodec.loads_lenient(data)
             except ValueError:
-                out.append(translator.error("api_error", "Upstream sent a malformed stream chunk"))
+                out.append(translator.error("api_error", self.MALFORMED))
                 self.done = True
                 break
             if not isinstance(obj, dict):
@@ -240,13 +248,45 @@ class TranslatedStream:
             piece = translator.feed(obj)
             if piece:
                 out.append(piece)
-            if translator.failed:
+            if self._finished():
                 self.done = True
                 break
         return b"".join(out) if len(out) != 1 else out[0]
 
+    def _ended(self, data: bytes) -> bool:
+        return False
+
+    def _finished(self) -> bool:
+        raise NotImplementedError
+
     def seen(self, out: bytes) -> None:
         pass
+
+    def failure(self, error_type: str, message: str) -> bytes:
+        return self.translator.error(error_type, message)
+
+    def usage(self) -> Usage:
+        return self.translator.usage()
+
+
+class TranslatedStream(_ConvertedStream):
+    """The Chat Completions plug: OpenAI chunks in, ending with `[DONE]`."""
+
+    __slots__ = ("_saw_done",)
+    MALFORMED = "Upstream sent a malformed stream chunk"
+
+    def __init__(self, translator: StreamTranslator, max_event: int) -> None:
+        super().__init__(translator, max_event)
+        self._saw_done = False
+
+    def _ended(self, data: bytes) -> bool:
+        if data == b"[DONE]":
+            self._saw_done = True
+            return True
+        return False
+
+    def _finished(self) -> bool:
+        return self.translator.failed
 
     def tail(self) -> bytes:
         translator = self.translator
@@ -257,56 +297,20 @@ class TranslatedStream:
         self.reusable = True
         return translator.finish()
 
-    def failure(self, error_type: str, message: str) -> bytes:
-        return self.translator.error(error_type, message)
 
-    def usage(self) -> Usage:
-        return self.translator.usage()
+class ResponsesStream(_ConvertedStream):
+    """The Responses API plug: no `[DONE]`, the stream ends with a terminal event (completed, incomplete,
+    failed, error)."""
 
-
-class ResponsesStream:
-    """The Responses API plug of the relay frame: Responses events in, Anthropic events out.
-
-    The stream has no `[DONE]`: it ends with a terminal event (completed, incomplete, failed, error).
-    """
-
-    __slots__ = ("translator", "decoder", "done", "reusable")
+    __slots__ = ()
     # not parsed: message_start went out as the head, and these add nothing (some repeat the whole answer)
     SKIP = IGNORED_EVENTS | {"response.created"}
 
     def __init__(self, translator: ResponsesStreamTranslator, max_event: int) -> None:
-        self.translator = translator
-        self.decoder = SSEDecoder(max_event)
-        self.done = False
-        self.reusable = False
+        super().__init__(translator, max_event)
 
-    def head(self) -> bytes:
-        # message_start at once, as on the Chat path: no keep-alive ping can come before it
-        return self.translator.start()
-
-    def feed(self, chunk: bytes) -> bytes:
-        translator = self.translator
-        out = []
-        skip = self.SKIP
-        for event, data in self.decoder.feed(chunk):
-            if event in skip:
-                continue
-            try:
-                obj = jsoncodec.loads_lenient(data)
-            except ValueError:
-                out.append(translator.error("api_error", "Upstream sent a malformed stream event"))
-                self.done = True
-                break
-            piece = translator.feed(obj)
-            if piece:
-                out.append(piece)
-            if translator.done:
-                self.done = True
-                break
-        return b"".join(out) if len(out) != 1 else out[0]
-
-    def seen(self, out: bytes) -> None:
-        pass
+    def _finished(self) -> bool:
+        return self.translator.done
 
     def tail(self) -> bytes:
         translator = self.translator
@@ -316,12 +320,6 @@ class ResponsesStream:
             return translator.error("api_error", "Upstream stream ended before it was complete")
         self.reusable = True
         return b""
-
-    def failure(self, error_type: str, message: str) -> bytes:
-        return self.translator.error(error_type, message)
-
-    def usage(self) -> Usage:
-        return self.translator.usage()
 
 
 def _read_request(inc: Incoming, validate) -> dict:
