@@ -43,7 +43,11 @@ class Services:
         self.telemetry = Telemetry(settings)
         self.slack = Slack(settings)
         store = self.storage if getattr(self.storage, "supports_credentials", False) else None
-        self.credentials = CredentialManager(settings, store=store)
+        self.credentials = CredentialManager(settings, store=store, state_store=self.storage,
+                                             on_change=self._credential_changed)
+        for upstream in settings.upstreams:
+            if upstream.get("api_key"):
+                register_secret(upstream["api_key"])
         self.access = AccessControl(settings, self.credentials)
         self.upstream = UpstreamClient(settings)
         self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials)
@@ -61,10 +65,28 @@ class Services:
         self.accounting.start()
         self.telemetry.start()
         self.slack.start()
+        if self.settings.domain_credential_mapping and not self.settings.translation:
+            import gevent
+            import gevent.event
+
+            self._sync_stop = gevent.event.Event()
+            self._sync = gevent.spawn(self.credentials.states.run, self._sync_stop)
+
+    def _credential_changed(self, name: str, previous, phase: str, state) -> None:
+        """A pooled credential cooled down, broke or recovered: tell Slack (the store made this worker the one)."""
+        from app.services.notifications import credential_notice
+
+        log.warning("credential %s: %s -> %s", name, previous or "ok", phase)
+        self.slack.notice(credential_notice(name, previous, phase, state),
+                          self.credentials.slack_for_credential(name))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush usage and notifications (graceful shutdown). Safe to call more than once."""
         self._running = False
+        stop = getattr(self, "_sync_stop", None)
+        if stop is not None:
+            stop.set()
+            self.credentials.states.sync_once()
         for part in (self.accounting, self.telemetry, self.slack):
             try:
                 if part is self.accounting:

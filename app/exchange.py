@@ -21,6 +21,7 @@ class Incoming:
     body: bytes
     record: RequestRecord
     client_key: str | None = None  # the proxy's own client key, when access control matched one (never forwarded)
+    config: object = None  # the host's DomainConfig, resolved once per request
 
     def json(self) -> dict:
         """The body as a JSON object, or a 400 that says what is wrong."""

@@ -27,6 +27,9 @@ class RequestRecord:
     duration_ms: float = 0.0
     api_key_masked: str | None = None  # already masked; never the raw key
     auth_type: str | None = None  # "api_key" | "oauth" | None
+    # Credential pools and fallback upstreams: which credential file (by name) or upstream served it.
+    credential: str | None = None
+    slack_override: dict | None = field(default=None, repr=False)
     # For Slack only; kept short by the producer.
     user_text: str | None = None
     assistant_text: str | None = None

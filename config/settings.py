@@ -60,6 +60,71 @@ class _JsonObject(fields.Field):
         return dict(obj)
 
 
+class _CredentialMapping(_JsonObject):
+    """DOMAIN_CREDENTIAL_MAPPING: host -> a credential file, or a list of them in order of preference (a pool)."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
+        if isinstance(value, Mapping):
+            obj = value
+        else:
+            text = str(value).strip()
+            if not text:
+                return {}
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise ValidationError(f"must be a JSON object ({exc.msg} at position {exc.pos})")
+        if not isinstance(obj, dict):
+            raise ValidationError("must be a JSON object of strings")
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, list) and v and all(isinstance(p, str) and p for p in v):
+                out[k] = list(v)
+            elif isinstance(v, str) and v:
+                out[k] = v
+            else:
+                raise ValidationError(f"must be a JSON object of strings; the value for {k!r} is not a non-empty "
+                                      "string or list of strings")
+        return out
+
+
+class _Upstreams(fields.Field):
+    """UPSTREAMS: a JSON list of {"name", "base_url", "api_key" | "api_key_env", "model_map"}."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> tuple:
+        text = str(value).strip()
+        try:
+            items = json.loads(text) if text else []
+        except ValueError as exc:
+            raise ValidationError(f"must be a JSON list ({exc.msg} at position {exc.pos})")
+        if not isinstance(items, list):
+            raise ValidationError("must be a JSON list of upstream objects")
+        out, names = [], set()
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ValidationError(f"entry {i} is not an object")
+            url = item.get("base_url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValidationError(f"entry {i}: base_url must be an http(s) URL")
+            name = item.get("name") or f"upstream-{i + 1}"
+            if not isinstance(name, str) or name in names:
+                raise ValidationError(f"entry {i}: name must be a unique string")
+            names.add(name)
+            key = item.get("api_key")
+            env_name = item.get("api_key_env")
+            if key is not None and not isinstance(key, str):
+                raise ValidationError(f"entry {i}: api_key must be a string")
+            if env_name is not None:
+                if not isinstance(env_name, str) or not env_name:
+                    raise ValidationError(f"entry {i}: api_key_env must be a variable name")
+            model_map = item.get("model_map") or {}
+            if not isinstance(model_map, dict):
+                raise ValidationError(f"entry {i}: model_map must be a JSON object")
+            out.append({"name": name, "base_url": url.rstrip("/"), "api_key": key or None,
+                        "api_key_env": env_name, "model_map": dict(model_map)})
+        return tuple(out)
+
+
 class _KeyList(fields.Field):
     def _deserialize(self, value: Any, attr, data, **kwargs) -> tuple:
         return tuple(k.strip() for k in str(value).split(",") if k.strip())
@@ -101,7 +166,7 @@ class SettingsSchema(Schema):
     completion_max_tokens = _positive_int(data_key="COMPLETION_MAX_TOKENS")
     model_map = _JsonObject(data_key="MODEL_MAP")
     claude_api_key = fields.String(data_key="CLAUDE_API_KEY")
-    domain_credential_mapping = _JsonObject(data_key="DOMAIN_CREDENTIAL_MAPPING")
+    domain_credential_mapping = _CredentialMapping(data_key="DOMAIN_CREDENTIAL_MAPPING")
     strict_domain_mapping = _Bool(data_key="STRICT_DOMAIN_MAPPING")
     anthropic_base_url = _url(data_key="CLAUDE_API_BASE_URL")
     oauth_token_url = _url(data_key="OAUTH_TOKEN_URL")
@@ -130,6 +195,10 @@ class SettingsSchema(Schema):
     max_body_mb = fields.Float(data_key="MAX_REQUEST_BODY_MB", validate=validate.Range(min=0.001, error="must be a positive number"),
                                error_messages={"invalid": "must be a number"})
     client_setup_dir = fields.String(data_key="CLIENT_SETUP_DIR", validate=validate.Length(min=1))
+    # Credential pools and fallback upstreams
+    pool_switch_at = fields.Float(data_key="POOL_SWITCH_AT_UTILIZATION", validate=validate.Range(
+        min=0, max=1, error="must be a number from 0 to 1"), error_messages={"invalid": "must be a number"})
+    upstreams = _Upstreams(data_key="UPSTREAMS")
 
 
 @dataclass(frozen=True)
@@ -173,6 +242,9 @@ class Settings:
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
     client_setup_dir: str = "client-setup"
+    # Credential pools and fallback upstreams
+    pool_switch_at: float | None = None
+    upstreams: tuple = field(default=(), repr=False)
 
     @property
     def max_body_bytes(self) -> int:
@@ -200,6 +272,10 @@ class Settings:
             variable, problems = sorted(exc.messages.items())[0]
             problem = problems[0] if isinstance(problems, list) else str(problems)
             raise SettingsError(variable, problem) from None
+        if loaded.get("upstreams"):
+            loaded["upstreams"] = tuple(
+                dict(u, api_key=(environ.get(u["api_key_env"]) or "").strip() or u["api_key"]) if u["api_key_env"] else u
+                for u in loaded["upstreams"])
         if loaded.get("debug") and "log_level" not in loaded:
             loaded["log_level"] = "DEBUG"
         return cls(**loaded)

@@ -13,7 +13,7 @@ import pytest
 
 from app.records import RequestRecord
 from app.storage import open_storage
-from app.storage.base import StorageError
+from app.storage.base import SCHEMA_VERSION, StorageError
 from app.storage.postgres import PostgresStorage
 from app.storage.sqlite import SqliteStorage
 from config.settings import Settings
@@ -202,7 +202,7 @@ def test_migrate_is_idempotent_and_keeps_data(open_store):
     store.migrate()
     again = open_store()
     again.migrate()
-    assert again.schema_version() == 1
+    assert again.schema_version() == SCHEMA_VERSION
     assert again.domain_stats()["a.example.com"]["inputTokens"] == 7
 
 
@@ -235,7 +235,7 @@ print(st.schema_version())
         outs = run_children(code, [[spec[0], spec[1], str(go)] for _ in range(4)])
     finally:
         go.unlink(missing_ok=True)
-    assert [o.strip() for o in outs] == ["1"] * 4
+    assert [o.strip() for o in outs] == [str(SCHEMA_VERSION)] * 4
 
 
 def test_two_processes_writing_concurrently_add_up(spec, open_store):

@@ -45,7 +45,9 @@ def _handle(kind: str) -> Response:
         mode=settings.proxy_mode, method=request.method, path=request.path,
     )
     try:
-        client_key = services.access.check(host, headers)
+        config = services.credentials.domain_config(host)
+        rec.slack_override = config.slack
+        client_key = services.access.check(host, headers, config)
         limit = settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise body_too_large(limit)
@@ -55,7 +57,7 @@ def _handle(kind: str) -> Response:
             raise body_too_large(limit)
         logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
         inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
-                       rec, client_key)
+                       rec, client_key, config)
         if settings.translation:
             if kind == "messages":
                 reply = services.translator.messages(inc, started)

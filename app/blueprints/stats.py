@@ -17,14 +17,22 @@ def token_stats():
     services.access.require_admin(request.host, request.headers)
     since = _time_arg("since")
     until = _time_arg("until")
+    group_by = request.args.get("group_by") or "domain"
+    if group_by not in ("domain", "credential"):
+        raise invalid_request("group_by: must be 'domain' or 'credential'")
     accounting = services.accounting
     try:
-        stats = accounting.stats(since, until)
+        if group_by == "credential":
+            stats = accounting.credential_stats(since, until)
+        else:
+            stats = accounting.stats(since, until)
         models = accounting.model_stats(since, until)
     except StorageError as exc:
         raise ProxyError(503, f"The usage store is unavailable ({exc}); usage is buffered and will be written "
                               "when it is back", "api_error") from None
     body = {"status": "ok", "stats": stats, "timestamp": _iso(datetime.now(timezone.utc))}
+    if group_by != "domain":
+        body["groupBy"] = group_by
     if since is not None or until is not None:
         body["range"] = {"since": _iso_or_none(since), "until": _iso_or_none(until)}
     body["models"] = models

@@ -25,23 +25,25 @@ class AccessControl:
         self.domains = tuple(settings.domain_credential_mapping)
 
     def enabled_for(self, host: str) -> bool:
-        return bool(self.global_keys) or bool(self.credentials.client_api_key_for(host))
+        return bool(self.global_keys) or bool(self.credentials.domain_config(host).client_api_keys)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.global_keys) or any(self.credentials.client_api_key_for(d) for d in self.domains)
+        return bool(self.global_keys) or any(self.credentials.domain_config(d).client_api_keys for d in self.domains)
 
-    def check(self, host: str, headers: Mapping[str, str]) -> str | None:
+    def check(self, host: str, headers: Mapping[str, str], config=None) -> str | None:
         """Return the matching proxy key (so it is not forwarded), None when access control is off.
 
-        Raises a 401 when it is on and the request carries no matching key.
+        Raises a 401 when it is on and the request carries no matching key. `config` is the host's
+        resolved configuration when the caller already has it.
         """
+        if config is None:
+            config = self.credentials.domain_config(host)
         keys = self.global_keys
-        domain_key = self.credentials.client_api_key_for(host)
-        if domain_key:
-            keys = keys + (domain_key.encode(),)
+        if config.client_api_keys:
+            keys = keys + tuple(k.encode() for k in config.client_api_keys)
         if not keys:
-            if self.credentials.mapped_but_unreadable(host):
+            if config.unreadable:
                 # fail closed: the unreadable file may carry the key that protects this domain
                 raise ProxyError(401, "The credential file for this domain cannot be read, so its access key is "
                                       "unknown; the proxy refuses its requests until the file is fixed",

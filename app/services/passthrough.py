@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Iterator, Mapping
 from urllib.parse import quote
+
+import urllib3
 
 from app import logs
 from app.errors import ProxyError, error_json, error_type_for_status, sse_error_event, upstream_error_message
 from app.exchange import Incoming, Reply
+from app.conversation import conversation_key
 from app.masking import mask_text
+from app.services.access import presented_key
+from app.services.credentials.pool import NEXT
 from app.services.recording import last_user_text
 from app.services.relay import StreamBody, abandoned, stream_failure
 from app.services.upstream import close_quietly, iter_body
@@ -84,34 +90,24 @@ class Passthrough:
         self.base = settings.anthropic_base_url.rstrip("/")
         self._slack_global = bool(settings.slack_webhook_url and settings.slack_enabled)
 
-    def slack_for(self, domain: str) -> bool:
-        return self._slack_global or bool(self.credentials.slack_override_for(domain))
+    def slack_for(self, rec) -> bool:
+        return self._slack_global or bool(rec.slack_override)
 
     def forward(self, inc: Incoming, started: float) -> Reply:
         rec = inc.record
         accounted = inc.method == "POST" and inc.path in _ACCOUNTED_PATHS
-        if accounted and inc.body:
-            _describe(inc, rec)
+        parsed = _describe(inc, rec) if accounted and inc.body else None
         client_headers = inc.headers
         if inc.client_key:
             # the proxy's own access key is never forwarded, nor taken for an Anthropic credential
             client_headers = {k: v for k, v in client_headers.items() if k not in ("x-api-key", "authorization")}
-        credential = self.credentials.resolve(inc.host, client_headers)
-        rec.api_key_masked = credential.masked
-        rec.auth_type = credential.kind
+        config = inc.config if inc.config is not None else self.credentials.domain_config(inc.host)
         url = self.base + upstream_path(inc.path) + (("?" + inc.query_string) if inc.query_string else "")
         body = inc.body if inc.method not in ("GET", "HEAD") else None
-        headers = forward_headers(client_headers, credential)
-        logs.debug_outgoing(rec.request_id, url, headers, inc.body, "OAuth" if credential.kind == "oauth" else "API Key")
-        resp = self.upstream.send(inc.method, url, headers, body)
-        if resp.status == 401 and credential.kind == "oauth" and credential.source == "domain":
-            renewed = self.credentials.refresh_after_unauthorized(credential)
-            if renewed is not None:
-                close_quietly(resp)
-                renewed.apply(headers)
-                resp = self.upstream.send(inc.method, url, headers, body)
+        resp, served_by = self._send_handling_pool(inc, config, client_headers, url, body, parsed, started)
         rec.status = resp.status
         out_headers = response_headers(resp.headers)
+        out_headers.extend(served_by)
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             rec.stream = True
             body = StreamBody(self._relay_stream(resp, rec, started), abandoned(resp, rec, self.recorder, started))
@@ -143,6 +139,97 @@ class Passthrough:
                 data = _masked(data)
         return Reply(status_out, out_headers, data, lambda: self.recorder.finish(rec, started))
 
+    # -- the resend layers, outermost first ----------------------------------------------------
+
+    def _send_handling_pool(self, inc: Incoming, config, client_headers, url: str, body: bytes | None,
+                            parsed: dict | None, started: float):
+        """Send on the domain's pool: a 429 (or rejected) cools the credential and a 401 that survives a refresh
+        breaks it, and the request goes on to the next usable one; a 529 moves on too, UPSTREAM_MAX_RETRIES
+        bounding the tries. Only answers whose body was not read are re-sent, so a started stream never is.
+        Returns the response and the proxy's own headers naming what served it.
+        """
+        rec = inc.record
+        pool = config.pool
+        if pool is None or pool.size == 1:
+            credential, f = self.credentials.choose(config, client_headers)
+            resp = self._send_handling_refresh(inc, url, client_headers, body, credential)
+            if f is not None:
+                rec.credential = f.name
+                if pool is not None:
+                    self._observe_single(pool, f, resp)
+                return resp, [("x-nexus-credential", f.name)]
+            return resp, []
+        conversation = conversation_key(parsed, inc.client_key or presented_key(inc.headers)) if parsed else None
+        budget = self.settings.read_timeout or 0.0
+        tried: list = []
+        overloaded = 0
+        bound = self.settings.max_retries + 1
+        while True:
+            credential, f = self.credentials.choose(config, client_headers, conversation, tried)
+            timeout = self._time_left(started, budget)
+            resp = self._send_handling_refresh(inc, url, client_headers, body, credential, timeout)
+            now = time.time()
+            pool.learn(f, resp.headers, now)
+            tried.append(f)
+            rec.credential = f.name
+            served = [("x-nexus-credential", f.name)] + ([("x-nexus-tries", str(len(tried)))] if len(tried) > 1 else [])
+            if resp.status == 401:
+                pool.broken(f, "refused with 401 after a refresh" if credential.kind == "oauth"
+                            else "refused with 401 (API key)", now)
+                why = "unauthorized"
+            else:
+                verdict = pool.judge(f, resp.status, now)
+                if verdict.action != NEXT:
+                    return resp, served
+                why = verdict.reason
+                if why == "overloaded":
+                    overloaded += 1
+                    if overloaded >= bound:
+                        return resp, served
+            if pool.pick(None, tried, now) is None or (budget and time.perf_counter() - started >= budget):
+                if why == "rate_limited" or why == "unauthorized":
+                    close_quietly(resp)
+                    raise pool.unavailable(now)
+                return resp, served
+            log.info("credential %s: %s; %s re-sent on the next credential", f.name, why, rec.request_id)
+            close_quietly(resp)
+
+    def _send_handling_refresh(self, inc: Incoming, url: str, client_headers, body: bytes | None, credential,
+                               timeout: urllib3.Timeout | None = None):
+        """Send with one credential; an OAuth 401 refreshes the token once and re-sends."""
+        rec = inc.record
+        rec.api_key_masked = credential.masked
+        rec.auth_type = credential.kind
+        headers = forward_headers(client_headers, credential)
+        logs.debug_outgoing(rec.request_id, url, headers, inc.body, "OAuth" if credential.kind == "oauth" else "API Key")
+        pooled = credential.source == "domain" and timeout is not None
+        kw = {"retry_statuses": _POOL_RETRY_STATUSES, "timeout": timeout} if pooled else {}
+        resp = self.upstream.send(inc.method, url, headers, body, **kw)
+        if resp.status == 401 and credential.kind == "oauth" and credential.source == "domain":
+            renewed = self.credentials.refresh_after_unauthorized(credential)
+            if renewed is not None:
+                close_quietly(resp)
+                renewed.apply(headers)
+                resp = self.upstream.send(inc.method, url, headers, body, **kw)
+        return resp
+
+    def _time_left(self, started: float, budget: float) -> urllib3.Timeout:
+        """This try's timeouts: the configured ones, cut to what is left of the request's time."""
+        s = self.settings
+        if not budget:
+            return urllib3.Timeout(connect=s.connect_timeout or None, read=s.read_timeout or None)
+        left = max(0.5, budget - (time.perf_counter() - started))
+        return urllib3.Timeout(connect=min(s.connect_timeout or left, left), read=min(s.read_timeout or left, left))
+
+    def _observe_single(self, pool, f, resp) -> None:
+        """A lone credential is always used; its answers still feed its state for GET / and Slack."""
+        now = time.time()
+        pool.learn(f, resp.headers, now)
+        if resp.status == 401:
+            pool.broken(f, "refused with 401 after a refresh" if f.kind == "oauth" else "refused with 401 (API key)", now)
+        else:
+            pool.judge(f, resp.status, now)
+
     def _relay_stream(self, resp, rec, started: float) -> Iterator[bytes]:
         """Relay the events as they arrive; a copy goes through the SSE parser for the accounting.
 
@@ -151,7 +238,7 @@ class Passthrough:
         """
         decoder = SSEDecoder()
         # The answer's text is only needed for Slack; skipping it saves parsing every text delta.
-        usage = StreamUsage(collect_text=self.slack_for(rec.domain))
+        usage = StreamUsage(collect_text=self.slack_for(rec))
         completed = False
         debug = log.isEnabledFor(logging.DEBUG)
         held = b""
@@ -198,6 +285,9 @@ def _masked(data: bytes) -> bytes:
     return data if masked == text else masked.encode()
 
 
+# A pool handles 429 and 529 itself (the next credential); only a 503 is worth the same credential again.
+_POOL_RETRY_STATUSES = frozenset({503})
+
 MAX_HELD = 1 << 20  # an "event" larger than this without a blank line is not SSE: relay it as it comes
 
 
@@ -208,20 +298,21 @@ def _events_end(buf: bytes) -> int:
                ends[2] + 2 if ends[2] >= 0 else 0)
 
 
-def _describe(inc: Incoming, rec) -> None:
+def _describe(inc: Incoming, rec) -> dict | None:
     """Model, stream flag, request type and user text, read from the body for accounting only."""
     try:
         body = json.loads(inc.body)
     except (ValueError, RecursionError):
-        return
+        return None
     if not isinstance(body, dict):
-        return
+        return None
     model = body.get("model")
     rec.model_requested = rec.model_used = model if isinstance(model, str) else None
     rec.stream = body.get("stream") is True
     rec.request_type = classify_request(body)
     if inc.path == "/v1/messages":
         rec.user_text = last_user_text(body)
+    return body
 
 
 def _account_json(rec, data: bytes, path: str) -> bool:

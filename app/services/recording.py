@@ -22,7 +22,7 @@ class Recorder:
         try:
             self.accounting.record(rec)
             self.telemetry.submit(rec)
-            self.slack.submit(rec, self.credentials.slack_override_for(rec.domain))
+            self.slack.submit(rec, rec.slack_override)
             log_access_record(rec)
         except Exception:  # accounting must never break a request
             log.exception("recording request %s failed", rec.request_id)

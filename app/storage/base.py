@@ -8,7 +8,7 @@ from typing import Any, ContextManager, Sequence
 
 from app.records import RequestRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def apply_migrations(execute, migrations: Sequence[Sequence[str]], placeholder: str) -> None:
@@ -93,6 +93,51 @@ class Storage(abc.ABC):
         """Serialise refreshes of one credential (no-op where the file lock does it)."""
         return contextlib.nullcontext()
 
+    # Pooled credentials' learned state and sticky conversations. This default keeps them in the process
+    # (one worker); SQLite shares them between a host's workers, PostgreSQL across a fleet.
+    def load_credential_states(self) -> list[tuple[str, str, dict, float]]:
+        """(key, phase, data, updated_at) of every credential state."""
+        return [(k, p, d, u) for k, (p, d, u) in self._local_states().items()]
+
+    def save_credential_state(self, key: str, data: dict, updated_at: float,
+                              phase: str | None = None) -> tuple[bool, str | None]:
+        """Store a state (kept when the stored one is newer). With `phase`, set the phase too and return
+        (whether this write changed it, the phase before) atomically, so one writer announces each change."""
+        states = self._local_states()
+        old = states.get(key)
+        before = old[0] if old else None
+        new_phase = phase or before or "ok"
+        if old is None or updated_at >= old[2] or phase is not None:
+            states[key] = (new_phase, data if old is None or updated_at >= old[2] else old[1],
+                           max(updated_at, old[2] if old else 0.0))
+        return (phase is not None and before != phase), before
+
+    def sticky_credential(self, conversation: str) -> str | None:
+        """The credential a conversation was served by, or None."""
+        return self._local_sticky().get(conversation)
+
+    def save_sticky_credentials(self, pairs: dict[str, str], now: float) -> None:
+        """Remember conversation -> credential choices."""
+        sticky = self._local_sticky()
+        if len(sticky) > 100_000:
+            sticky.clear()
+        sticky.update(pairs)
+
+    def credential_stats(self, since: float | None = None, until: float | None = None,
+                         domain: str | None = None) -> dict[str, dict]:
+        """Requests and tokens per credential (the request rows that name one)."""
+        return {}
+
+    def _local_states(self) -> dict:
+        if not hasattr(self, "_states_mem"):
+            self._states_mem = {}
+        return self._states_mem
+
+    def _local_sticky(self) -> dict:
+        if not hasattr(self, "_sticky_mem"):
+            self._sticky_mem = {}
+        return self._sticky_mem
+
     @abc.abstractmethod
     def healthy(self) -> bool:
         """Whether the store answered recently; never blocks for long."""
@@ -111,7 +156,7 @@ class Storage(abc.ABC):
 REQUEST_COLUMNS = (
     "ts", "request_id", "domain", "mode", "method", "path", "model_requested", "model_used",
     "request_type", "stream", "input_tokens", "output_tokens", "cache_creation_input_tokens",
-    "cache_read_input_tokens", "tool_calls", "status", "duration_ms", "error_type",
+    "cache_read_input_tokens", "tool_calls", "status", "duration_ms", "error_type", "credential",
 )
 
 # Counter columns in the order of the tuple `aggregate` produces.
@@ -162,7 +207,7 @@ def request_row(rec: RequestRecord) -> tuple:
         _text(rec.path), _text(rec.model_requested) or None, _text(rec.model_used) or None, _text(rec.request_type),
         bool(rec.stream), _count(rec.input_tokens), _count(rec.output_tokens),
         _count(rec.cache_creation_input_tokens), _count(rec.cache_read_input_tokens), _count(rec.tool_calls),
-        _status(rec.status), _number(rec.duration_ms), _text(rec.error_type),
+        _status(rec.status), _number(rec.duration_ms), _text(rec.error_type), _text(rec.credential) or None,
     )
 
 
@@ -176,7 +221,7 @@ def aggregate(rows: Sequence[tuple]) -> tuple[dict[str, list], dict[tuple[str, s
     by_domain: dict[str, list] = {}
     by_model: dict[tuple[str, str], list] = {}
     for (ts, _rid, domain, _mode, _method, _path, asked, used, rtype, _stream, inp, out, cc, cr, tools,
-         status, duration, error) in rows:
+         status, duration, error, _credential) in rows:
         inference = rtype == "inference"
         delta = (inp, out, cc, cr, 1, 0 if inference else 1, 1 if inference else 0, tools,
                  1 if error is not None or status >= 400 else 0)
@@ -220,6 +265,23 @@ _COUNTER_AGGREGATES = (
     " SUM(request_count), SUM(query_count), SUM(inference_count), SUM(tool_call_count), SUM(error_count),"
     " MAX(last_updated)"
 )
+
+
+def credential_stats_query(ph: str, since: float | None, until: float | None,
+                           domain: str | None = None) -> tuple[str, list]:
+    """SQL + params for usage per credential (request rows only: the counters do not know credentials)."""
+    where, params = ["credential IS NOT NULL"], []
+    if since is not None:
+        where.append(f"ts >= {ph}")
+        params.append(float(since))
+    if until is not None:
+        where.append(f"ts < {ph}")
+        params.append(float(until))
+    if domain is not None:
+        where.append(f"domain = {ph}")
+        params.append(domain)
+    return (f"SELECT credential, {_ROW_AGGREGATES} FROM nexus_requests WHERE {' AND '.join(where)}"
+            " GROUP BY credential ORDER BY credential", params)
 
 
 def stats_query(kind: str, ph: str, since: float | None, until: float | None,

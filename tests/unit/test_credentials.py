@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.errors import ProxyError
-from app.services import credentials as cmod
+from app.services.credentials import files as cmod
 from app.services.credentials import OAUTH_BETA, Credential, CredentialManager, host_without_port, merge_beta
 from config.settings import Settings
 
