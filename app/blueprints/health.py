@@ -37,6 +37,7 @@ def health():
         },
         "upstreamKey": _key_status(settings),
         "credentials": services.credentials.status(_credential_usage(services)),
+        "upstreams": services.translator.upstreams.view() if settings.translation else None,
         "storage": storage,
         "telemetry": services.telemetry.status(),
         "slack": services.slack.status(),

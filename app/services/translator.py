@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Iterator
+
+import urllib3
 
 from app import logs
 from app.errors import ProxyError, invalid_request
@@ -16,7 +19,8 @@ from app.services.relay import (StreamBody, abandoned, read_error_body, stream_f
                                 with_keepalive)
 from app.services.upstream import close_quietly, iter_body
 from app.sse import SSEDecoder
-from app.translation.models import route
+from app.services.fallback import Upstreams
+from app.translation.models import model_map_for, route
 from app.translation.request import UnsupportedContent, anthropic_to_openai
 from app.translation.response import UpstreamFormatError, openai_to_anthropic
 from app.translation.stream import StreamTranslator, format_sse
@@ -74,6 +78,7 @@ class Translator:
         self.upstream = upstream
         self.recorder = recorder
         self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
+        self.upstreams = Upstreams(settings)
         self.user_agent = f"claude-nexus-proxy/{__version__}"
         self._completion_tokens_models: set[str] = set()
 
@@ -84,48 +89,110 @@ class Translator:
         rec.user_text = last_user_text(body)
         stream = body.get("stream") is True
         rec.stream = stream
-        s = self.settings
-        chosen = route(body, reasoning_model=s.reasoning_model, completion_model=s.completion_model,
-                       reasoning_max_tokens=s.reasoning_max_tokens, completion_max_tokens=s.completion_max_tokens,
-                       model_map=s.model_map)
-        rec.model_used = chosen.model
-        try:
-            payload = anthropic_to_openai(body, chosen, stream=stream)
-        except UnsupportedContent as exc:
-            raise invalid_request(str(exc)) from None
-        key = self._upstream_key(inc)
-        rec.api_key_masked = mask_secret(key)
-        rec.auth_type = "api_key"
-        headers = {
-            "authorization": "Bearer " + key,
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "user-agent": self.user_agent,
-        }
-        if chosen.model in self._completion_tokens_models:
-            _use_max_completion_tokens(payload)
-        logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
-        resp = self.upstream.send("POST", self.url, headers, encode_body(payload))
-        if resp.status >= 400:
-            error = read_error_body(resp)
-            if resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):
-                # OpenAI's reasoning models (o-series, GPT-5) refuse max_tokens; learn it once per model.
-                self._completion_tokens_models.add(chosen.model)
-                resp = self.upstream.send("POST", self.url, headers, encode_body(payload))
-                if resp.status >= 400:
-                    error = read_error_body(resp)
-            if resp.status >= 400:
-                raise upstream_http_error(resp.status, error, resp.headers)
+        resp, chosen, served_by = self._send_handling_failover(inc, body, stream, started)
         model = rec.model_requested or chosen.model
         stop_sequences = body.get("stop_sequences") or ()
         if not stream:
-            return self._json(resp, rec, model, stop_sequences, started)
+            return self._json(resp, rec, model, stop_sequences, started, served_by)
         translator = StreamTranslator(model=model, stop_sequences=stop_sequences,
                                       input_tokens=estimate_input_tokens(body))
         body = StreamBody(self._stream(resp, translator, rec, started), abandoned(resp, rec, self.recorder, started))
-        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
+        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id), *served_by], body, streaming=True)
 
-    def _json(self, resp, rec, model, stop_sequences, started) -> Reply:
+    # -- the resend layers, outermost first --------------------------------------------------
+    def _send_handling_failover(self, inc: Incoming, body: dict, stream: bool, started: float):
+        """Try the upstreams in order: a connection failure, a 429 or a 5xx before the first byte moves the
+        request to the next one (with that upstream's model map), inside the request's time. Each outcome
+        feeds the upstream's breaker. Returns (response, route, the proxy's own headers naming the upstream)."""
+        rec = inc.record
+        upstreams = self.upstreams
+        many = upstreams.enforced
+        budget = self.settings.read_timeout or 0.0
+        failure: ProxyError | None = None
+        tries = 0
+        for target in upstreams.candidates():
+            if tries and budget and time.perf_counter() - started >= budget:
+                break
+            tries += 1
+            chosen = self._route(body, target)
+            rec.model_used = chosen.model
+            try:
+                payload = anthropic_to_openai(body, chosen, stream=stream)
+            except UnsupportedContent as exc:
+                raise invalid_request(str(exc)) from None
+            key = target.api_key or self._upstream_key(inc)
+            rec.api_key_masked = mask_secret(key)
+            rec.auth_type = "api_key"
+            headers = {
+                "authorization": "Bearer " + key,
+                "content-type": "application/json",
+                "accept": "text/event-stream" if stream else "application/json",
+                "user-agent": self.user_agent,
+            }
+            kw = {"max_retries": 0, "timeout": self._time_left(started, budget)} if many else {}
+            served = [("x-nexus-upstream", target.name)] if many else []
+            if many:
+                rec.credential = target.name
+            try:
+                resp, error = self._send_handling_completion_tokens(target.url, headers, payload, chosen, rec, kw)
+            except ProxyError as exc:  # unreachable, or no answer in time
+                target.breaker.failure(exc.message)
+                failure = exc
+                if many:
+                    log.info("upstream %s: %s; %s tried on the next upstream", target.name, exc.message,
+                             rec.request_id)
+                continue
+            if error is None:
+                target.breaker.success()
+                return resp, chosen, served + ([("x-nexus-tries", str(tries))] if tries > 1 else [])
+            status = resp.status
+            if status == 429 or status >= 500:
+                target.breaker.failure(f"HTTP {status}")
+                failure = upstream_http_error(status, error, resp.headers)
+                if many:
+                    log.info("upstream %s: HTTP %d; %s tried on the next upstream", target.name, status,
+                             rec.request_id)
+                continue
+            target.breaker.success()  # it answered: the request itself was refused
+            raise upstream_http_error(status, error, resp.headers)
+        if failure is not None:
+            raise failure
+        wait = max(1, int(upstreams.retry_in() + 0.999))
+        raise ProxyError(503, f"Every upstream is unavailable (circuit breakers open); retry in {wait} s",
+                         "overloaded_error", {"retry-after": str(wait)})
+
+    def _send_handling_completion_tokens(self, url: str, headers: dict, payload: dict, chosen, rec, kw: dict):
+        """Send; OpenAI's reasoning models refuse max_tokens, so such a 400 is re-sent once with
+        max_completion_tokens (learnt once per model). Returns (response, error body or None)."""
+        if chosen.model in self._completion_tokens_models:
+            _use_max_completion_tokens(payload)
+        logs.debug_outgoing(rec.request_id, url, headers, payload, "API Key")
+        resp = self.upstream.send("POST", url, headers, encode_body(payload), **kw)
+        if resp.status < 400:
+            return resp, None
+        error = read_error_body(resp)
+        if resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):
+            self._completion_tokens_models.add(chosen.model)
+            resp = self.upstream.send("POST", url, headers, encode_body(payload), **kw)
+            if resp.status < 400:
+                return resp, None
+            error = read_error_body(resp)
+        return resp, error
+
+    def _route(self, body: dict, target):
+        s = self.settings
+        return route(body, reasoning_model=s.reasoning_model, completion_model=s.completion_model,
+                     reasoning_max_tokens=s.reasoning_max_tokens, completion_max_tokens=s.completion_max_tokens,
+                     model_map=model_map_for(target.model_map, s.model_map))
+
+    def _time_left(self, started: float, budget: float):
+        s = self.settings
+        if not budget:
+            return urllib3.Timeout(connect=s.connect_timeout or None, read=s.read_timeout or None)
+        left = max(0.5, budget - (time.perf_counter() - started))
+        return urllib3.Timeout(connect=min(s.connect_timeout or left, left), read=min(s.read_timeout or left, left))
+
+    def _json(self, resp, rec, model, stop_sequences, started, served_by=()) -> Reply:
         try:
             raw = resp.read()
         except Exception as exc:
@@ -150,7 +217,7 @@ class Translator:
         rec.tool_names = tool_names
         rec.assistant_text = "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")[:4000]
         rec.status = 200
-        return json_reply(200, message, [("request-id", rec.request_id)],
+        return json_reply(200, message, [("request-id", rec.request_id), *served_by],
                           on_close=lambda: self.recorder.finish(rec, started))
 
     def _stream(self, resp, translator: StreamTranslator, rec, started: float) -> Iterator[bytes]:

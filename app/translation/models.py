@@ -70,3 +70,9 @@ def route(
     else:
         max_tokens = min(requested, cap)
     return Route(model=model, max_tokens=max_tokens, reasoning=reasoning)
+
+
+def model_map_for(upstream_map: Mapping | None, global_map: Mapping | None) -> Mapping | None:
+    """The model map for one of several upstreams: its own when it has one (its model names are its own),
+    else MODEL_MAP."""
+    return upstream_map if upstream_map else global_map
