@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping
 
+import gevent
+
 log = logging.getLogger("app.services.credentials")
 
 UNIFIED = "anthropic-ratelimit-unified-"
@@ -195,6 +197,7 @@ class PoolStates:
         self._sticky: dict[str, str] = {}  # conversation -> credential name (this worker's cache)
         self._sticky_new: dict[str, str] = {}
         self._store_failing = False
+        self._sticky_flush_pending = False
 
     def get(self, name: str) -> CredentialState:
         st = self._states.get(name)
@@ -249,6 +252,23 @@ class PoolStates:
         if self._sticky.get(conversation) != name:
             self._remember(conversation, name)
             self._sticky_new[conversation] = name
+            if self.store is not None and not self._sticky_flush_pending:
+                # the next turn may reach another worker at once: write it off the request path, now
+                self._sticky_flush_pending = True
+                gevent.spawn(self._flush_sticky)
+
+    def _flush_sticky(self) -> None:
+        self._sticky_flush_pending = False
+        if not self._sticky_new:
+            return
+        batch, self._sticky_new = self._sticky_new, {}
+        try:
+            self.store.save_sticky_credentials(batch, self._clock())
+            self._store_ok()
+        except Exception as exc:
+            self._store_down(exc)
+            for k, v in batch.items():
+                self._sticky_new.setdefault(k, v)
 
     def _remember(self, conversation: str, name: str) -> None:
         if len(self._sticky) >= 50_000:
@@ -270,8 +290,7 @@ class PoolStates:
                 if st is not None:
                     store.save_credential_state(name, st.to_dict(), st.updated_at or now)
             if self._sticky_new:
-                batch, self._sticky_new = self._sticky_new, {}
-                store.save_sticky_credentials(batch, now)
+                self._flush_sticky()
             for name, phase, data, updated_at in store.load_credential_states():
                 mine = self._states.get(name)
                 if mine is None or updated_at > mine.updated_at:
