@@ -186,7 +186,10 @@ class FakeUpstream:
         self._control("POST", "reset")
 
     def script(self, path: str, responses: list[dict]) -> None:
-        """Queue scripted responses (FIFO) for an endpoint, e.g. "/v1/messages" or "/chat/completions"."""
+        """Queue scripted responses (FIFO) for an endpoint, e.g. "/v1/messages" or "/chat/completions".
+
+        A response with "path_prefix" (e.g. "/primary") answers only a request whose path starts with it;
+        others pass it by while it waits at the head of the queue."""
         self._control("POST", "script", {"path": path, "responses": responses})
 
     def oauth(self, refresh_token: str | None = None, valid_tokens: list[str] | None = None) -> dict:

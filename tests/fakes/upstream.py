@@ -505,7 +505,8 @@ class FakeApp:
             if answer is not None:
                 return answer
         queue = state.scripts.get(endpoint)
-        if queue:
+        if queue and path.startswith(queue[0].get("path_prefix") or "/"):
+            # a scripted answer with "path_prefix" is only for requests under it (one of several upstreams)
             return self._scripted(ctx, queue.popleft(), method)
         if bench is not None and method == "POST" and endpoint in ("/chat/completions", "/v1/messages"):
             return self._bench(ctx, bench)
