@@ -117,7 +117,8 @@ class _Upstreams(fields.Field):
             if env_name is not None:
                 if not isinstance(env_name, str) or not env_name:
                     raise ValidationError(f"entry {i}: api_key_env must be a variable name")
-            model_map = item.get("model_map") or {}
+            model_map = item.get("model_map")
+            model_map = {} if model_map is None else model_map
             if not isinstance(model_map, dict):
                 raise ValidationError(f"entry {i}: model_map must be a JSON object")
             out.append({"name": name, "base_url": url.rstrip("/"), "api_key": key or None,
