@@ -61,7 +61,7 @@ class CredentialManager:
         self.files: list[CredentialFile] = []  # each file once, in mapping order
         by_path: dict[str, CredentialFile] = {}
         names: set[str] = set()
-        switch_at = getattr(settings, "pool_switch_at", None)
+        switch_at = settings.pool_switch_at
         for domain, configured in (settings.domain_credential_mapping or {}).items():
             host = host_without_port(domain)
             if not host or host in self._pools:
