@@ -121,6 +121,12 @@ class _Upstreams(fields.Field):
             model_map = {} if model_map is None else model_map
             if not isinstance(model_map, dict):
                 raise ValidationError(f"entry {i}: model_map must be a JSON object")
+            if model_map:
+                # the same rules as MODEL_MAP, whatever values those allow
+                try:
+                    model_map = SettingsSchema._declared_fields["model_map"].deserialize(model_map)
+                except ValidationError as exc:
+                    raise ValidationError(f"entry {i}: model_map {exc.messages[0] if exc.messages else 'is invalid'}")
             out.append({"name": name, "base_url": url.rstrip("/"), "api_key": key or None,
                         "api_key_env": env_name, "model_map": dict(model_map)})
         return tuple(out)

@@ -285,3 +285,18 @@ def test_state_and_stickiness_are_shared_by_two_instances_with_postgresql(fake_u
         for i in range(3):
             assert ask(second, f"fleet-new-{i}")[0] != "a-max-1.json"
         assert used_tokens(fake).count(A1) == 1
+
+
+def test_a_stream_that_started_is_never_sent_again(fake_upstream, tmp_path):
+    fake = fake_upstream
+    fake.script("/v1/messages", [{"drop_after": 4}])  # the upstream drops the connection mid-stream
+    with pool_proxy(fake, tmp_path / "credentials") as proxy:
+        client = sdk(proxy)
+        with pytest.raises(anthropic.APIError):
+            with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64, metadata=session("cut"),
+                                        messages=[{"role": "user", "content": "a long answer"}]) as stream:
+                for _ in stream.text_stream:
+                    pass
+        time.sleep(0.5)
+        assert used_tokens(fake) == [A1]  # the cut stream was not re-sent on another credential
+        assert pool_view(proxy)["a-max-1.json"]["status"] == "ok"

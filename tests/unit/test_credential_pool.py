@@ -159,9 +159,11 @@ def test_settings_accept_a_list_and_name_bad_entries():
         with pytest.raises(SettingsError) as info:
             Settings.from_env({"UPSTREAMS": bad})
         assert info.value.variable == "UPSTREAMS" and fragment in str(info.value)
+    with pytest.raises(SettingsError) as info:  # an upstream's model_map follows MODEL_MAP's rules
+        Settings.from_env({"UPSTREAMS": '[{"base_url": "http://a", "model_map": {"claude-*": 3}}]'})
+    assert "entry 0: model_map" in str(info.value) and "'claude-*'" in str(info.value)
     s = Settings.from_env({"UPSTREAMS": '[{"base_url": "http://a/v1/", "api_key_env": "K", '
-                                        '"model_map": {"claude-*": {"model": "gpt-5", "api": "responses"}}}]',
-                           "K": "the-key"})
+                                        '"model_map": {"claude-*": "gpt-4.1"}}]', "K": "the-key"})
     assert s.upstreams[0]["api_key"] == "the-key" and s.upstreams[0]["base_url"] == "http://a/v1"
-    assert s.upstreams[0]["model_map"]["claude-*"]["api"] == "responses"
+    assert s.upstreams[0]["model_map"] == {"claude-*": "gpt-4.1"}
     assert "the-key" not in repr(s)
