@@ -20,6 +20,7 @@ class Services:
         from app.services.access import AccessControl
         from app.services.accounting import Accounting
         from app.services.credentials import CredentialManager
+        from app.services.domains import DomainNames
         from app.services.notifications import Slack, Telemetry
         from app.services.passthrough import Passthrough
         from app.services.recording import Recorder
@@ -49,6 +50,7 @@ class Services:
             if upstream.get("api_key"):
                 register_secret(upstream["api_key"])
         self.access = AccessControl(settings, self.credentials)
+        self.domains = DomainNames(self.credentials, self.storage, settings.usage_max_unmapped_hosts)
         self.upstream = UpstreamClient(settings)
         self.recorder = Recorder(self.accounting, self.telemetry, self.slack, self.credentials)
         self.translator = Translator(settings, self.upstream, self.recorder)
@@ -106,6 +108,8 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     settings = settings or Settings.from_env()
     configure_logging(settings)
     app = Flask(__name__, static_folder=None)
+    # "/v1//messages" is a path we do not serve (404), not one to redirect to with the client's Host
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.json.ensure_ascii = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
+from app.jsonenc import compact_ascii
 from app.masking import mask_text
 
 # Anthropic's documented error types by HTTP status.
@@ -63,7 +64,7 @@ def error_body(error_type: str, message: str) -> dict:
 
 
 def error_json(error_type: str, message: str) -> bytes:
-    return json.dumps(error_body(error_type, message)).encode()
+    return compact_ascii(error_body(error_type, message)).encode()
 
 
 def sse_error_event(error_type: str, message: str) -> bytes:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from app.errors import invalid_request
+from app.jsonenc import compact_ascii
 from app.records import RequestRecord
+
+if TYPE_CHECKING:
+    from app.services.access import Identity
 
 
 @dataclass
@@ -21,6 +25,7 @@ class Incoming:
     body: bytes
     record: RequestRecord
     client_key: str | None = None  # the proxy's own client key, when access control matched one (never forwarded)
+    identity: Identity | None = None  # what that key matched (app.services.access)
     config: object = None  # the host's DomainConfig, resolved once per request
 
     def json(self) -> dict:
@@ -70,4 +75,4 @@ SSE_HEADERS = (
 
 
 def json_reply(status: int, data: Mapping | list, extra_headers: Iterable[tuple[str, str]] = (), on_close=None) -> Reply:
-    return Reply(status, [*JSON_HEADERS, *extra_headers], json.dumps(data, separators=(",", ":")).encode(), on_close)
+    return Reply(status, [*JSON_HEADERS, *extra_headers], compact_ascii(data).encode(), on_close)

@@ -10,6 +10,7 @@ class RequestRecord:
     timestamp: float  # epoch seconds when the request arrived
     domain: str  # request host without port, lower-case
     mode: str  # "translation" | "passthrough"
+    started: float = 0.0  # time.perf_counter() when the request arrived: duration_ms is measured from it
     method: str = "POST"
     path: str = "/v1/messages"
     model_requested: str | None = None

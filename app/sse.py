@@ -2,27 +2,70 @@
 
 Used for the OpenAI stream in translation mode and for the side copy of a passthrough stream.
 (sseclient-py wants to own the read loop; here the relay owns it, so the parser is push-based.)
+
+The work is linear in the bytes fed: a read is scanned once for an event boundary and kept as a piece
+until its event completes, so a 20 MB event costs what its bytes cost, not a rescan per read. One event
+larger than `max_event` bytes raises `SSEEventTooLarge`.
 """
 from __future__ import annotations
 
+from app.errors import ProxyError
+
+DEFAULT_MAX_EVENT = 16 * 1024 * 1024
+
+
+class SSEEventTooLarge(ProxyError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(502, f"Upstream sent one stream event larger than {limit // (1024 * 1024) or limit} "
+                              f"{'MB' if limit >= 1024 * 1024 else 'bytes'} (MAX_SSE_EVENT_MB); the stream was "
+                              "ended", "api_error")
+
 
 class SSEDecoder:
-    __slots__ = ("_buf",)
+    __slots__ = ("_parts", "_size", "_cr", "max_event")
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
+        self._parts: list[bytes] = []  # the event not yet complete, as it arrived
+        self._size = 0
+        self._cr = False  # the last read ended in "\r": its "\n" may be the next read's first byte
+        self.max_event = max_event
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
         """Return the `(event name or None, data bytes)` of every event completed by `chunk`."""
+        if self._cr:
+            self._cr = False
+            chunk = b"\r" + chunk
         if b"\r" in chunk:
+            if chunk[-1:] == b"\r":
+                self._cr = True
+                chunk = chunk[:-1]
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\n\n" not in buf:
-            self._buf = buf
+        cut = chunk.rfind(b"\n\n")
+        if cut >= 0:
+            cut += 2
+        elif self._parts and chunk[:1] == b"\n" and self._parts[-1][-1:] == b"\n":
+            cut = 1  # the blank line straddles two reads
+        else:
+            if chunk:
+                self._parts.append(chunk)
+                self._size += len(chunk)
+                if self._size > self.max_event:
+                    raise SSEEventTooLarge(self.max_event)
             return []
-        *blocks, self._buf = buf.split(b"\n\n")
+        if self._parts:
+            self._parts.append(chunk[:cut])
+            complete = b"".join(self._parts)
+        else:
+            complete = chunk[:cut] if cut < len(chunk) else chunk
+        rest = chunk[cut:]
+        self._parts = [rest] if rest else []
+        self._size = len(rest)
+        if self._size > self.max_event:
+            raise SSEEventTooLarge(self.max_event)
         events = []
-        for block in blocks:
+        for block in complete.split(b"\n\n"):
+            if not block:
+                continue
             event = None
             data = []
             for line in block.split(b"\n"):
@@ -39,4 +82,4 @@ class SSEDecoder:
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (an upstream that stopped mid-event leaves some)."""
-        return self._buf
+        return b"".join(self._parts) + (b"\r" if self._cr else b"")

@@ -5,9 +5,14 @@ No I/O here. `StreamUsage` sits beside every relayed stream, so it parses only t
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-# Slack shows the assistant's answer; nothing else needs more, so collection stops here.
+if TYPE_CHECKING:
+    from app.records import RequestRecord
+
+# Slack shows the user's prompt and the assistant's answer; nothing else needs more, so texts stop here.
 TEXT_CAP = 4000
 
 _TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -29,6 +34,39 @@ def count_system_messages(body: dict) -> int:
     return n
 
 
+@dataclass(slots=True)
+class Usage:
+    """What one answer used and said, however it was read: a JSON answer in either mode, a passthrough
+    stream's side parser, or the stream translator. `apply_usage` puts it on the request record."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    tool_names: list[str] = field(default_factory=list)
+    text: str | None = None  # the answer's text, at most TEXT_CAP characters (for Slack)
+    error_type: str | None = None  # an error the answer itself reported (an `event: error`)
+    error_message: str | None = None
+
+    @property
+    def tool_calls(self) -> int:
+        return len(self.tool_names)
+
+
+def apply_usage(rec: "RequestRecord", usage: Usage) -> None:
+    """The one place a request record learns its usage. An error already on the record stays."""
+    rec.input_tokens = usage.input_tokens
+    rec.output_tokens = usage.output_tokens
+    rec.cache_creation_input_tokens = usage.cache_creation_input_tokens
+    rec.cache_read_input_tokens = usage.cache_read_input_tokens
+    rec.tool_calls = usage.tool_calls
+    rec.tool_names = list(usage.tool_names)
+    rec.assistant_text = usage.text
+    if rec.error_type is None and usage.error_type:
+        rec.error_type = usage.error_type
+        rec.error_message = usage.error_message
+
+
 def classify_request(body: dict) -> str:
     """"query" for exactly one system message, "inference" for more than one.
 
@@ -38,20 +76,19 @@ def classify_request(body: dict) -> str:
 
 
 def _int(value: Any) -> int:
-    # Upstreams send null for counts they do not know; bools are not counts.
+    # Upstreams send null for counts they do not know; bools are not counts; 1e999 parses as infinity.
     if isinstance(value, int) and not isinstance(value, bool):
         return value if value > 0 else 0
     if isinstance(value, float):
-        return int(value) if value > 0 else 0
+        return int(value) if value > 0 and math.isfinite(value) else 0
     return 0
 
 
-def usage_from_message(msg: dict) -> dict:
+def usage_from_message(msg: dict) -> Usage:
     """Token counts, tool calls and (capped) text of an Anthropic message JSON."""
     usage = msg.get("usage") if isinstance(msg, dict) else None
     usage = usage if isinstance(usage, dict) else {}
-    out: dict[str, Any] = {k: _int(usage.get(k)) for k in _TOKEN_KEYS}
-    names: list[str] = []
+    out = Usage(*(_int(usage.get(k)) for k in _TOKEN_KEYS))
     parts: list[str] = []
     size = 0
     content = msg.get("content") if isinstance(msg, dict) else None
@@ -61,16 +98,14 @@ def usage_from_message(msg: dict) -> dict:
                 continue
             kind = block.get("type")
             if kind == "tool_use":
-                names.append(str(block.get("name") or ""))
+                out.tool_names.append(str(block.get("name") or ""))
             elif kind == "text" and size < TEXT_CAP:
                 text = block.get("text")
                 if isinstance(text, str) and text:
                     piece = text[: TEXT_CAP - size]
                     parts.append(piece)
                     size += len(piece)
-    out["tool_calls"] = len(names)
-    out["tool_names"] = names
-    out["text"] = "".join(parts)
+    out.text = "".join(parts)
     return out
 
 
@@ -84,7 +119,7 @@ class StreamUsage:
 
     __slots__ = (
         "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-        "tool_calls", "tool_names", "error_type", "error_message", "model", "stop_reason",
+        "tool_calls", "tool_names", "error_type", "error_message",
         "_parts", "_size", "_collect_text",
     )
 
@@ -97,8 +132,6 @@ class StreamUsage:
         self.tool_names: list[str] = []
         self.error_type: str | None = None
         self.error_message: str | None = None
-        self.model: str | None = None
-        self.stop_reason: str | None = None
         self._parts: list[str] = []
         self._size = 0
         self._collect_text = collect_text
@@ -151,13 +184,8 @@ class StreamUsage:
         elif event == "message_start":
             msg = obj.get("message")
             if isinstance(msg, dict):
-                if isinstance(msg.get("model"), str):
-                    self.model = msg["model"]
                 self._take_usage(msg.get("usage"))
         elif event == "message_delta":
-            delta = obj.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
-                self.stop_reason = delta["stop_reason"]
             self._take_usage(obj.get("usage"))
         elif event == "content_block_start":
             block = obj.get("content_block")
@@ -183,19 +211,11 @@ class StreamUsage:
             if value > getattr(self, key):
                 setattr(self, key, value)
 
-    def as_dict(self) -> dict:
-        """The same keys as `usage_from_message`, plus error_type/error_message."""
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_creation_input_tokens": self.cache_creation_input_tokens,
-            "cache_read_input_tokens": self.cache_read_input_tokens,
-            "tool_calls": self.tool_calls,
-            "tool_names": list(self.tool_names),
-            "text": self.text,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-        }
+    def usage(self) -> Usage:
+        """What the stream has said so far."""
+        return Usage(self.input_tokens, self.output_tokens, self.cache_creation_input_tokens,
+                     self.cache_read_input_tokens, list(self.tool_names), self.text, self.error_type,
+                     self.error_message)
 
 
 def _loads(data: bytes | str) -> dict | None:

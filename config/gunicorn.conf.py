@@ -19,6 +19,9 @@ try:
     if not os.environ.get("NEXUS_ENV_LOADED"):
         load_env_files(os.environ.get("NEXUS_ENV_FILE"))
     _settings = Settings.from_env()
+    from app.services.access import check_client_key_files  # noqa: E402
+
+    check_client_key_files(_settings)
 except SettingsError as _exc:
     print(str(_exc), file=sys.stderr)
     sys.exit(2)

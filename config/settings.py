@@ -202,6 +202,11 @@ class SettingsSchema(Schema):
     max_body_mb = fields.Float(data_key="MAX_REQUEST_BODY_MB", validate=validate.Range(min=0.001, error="must be a positive number"),
                                error_messages={"invalid": "must be a number"})
     client_setup_dir = fields.String(data_key="CLIENT_SETUP_DIR", validate=validate.Length(min=1))
+    # Bounded work and storage: one SSE event's size, the unmapped hosts accounting tracks
+    max_sse_event_mb = fields.Float(data_key="MAX_SSE_EVENT_MB", validate=validate.Range(
+        min=0.001, error="must be a positive number"), error_messages={"invalid": "must be a number"})
+    usage_max_unmapped_hosts = fields.Integer(data_key="USAGE_MAX_UNMAPPED_HOSTS", validate=validate.Range(
+        min=0, error="must be zero or more"), error_messages={"invalid": "must be a whole number"})
     # Credential pools and fallback upstreams
     pool_switch_at = fields.Float(data_key="POOL_SWITCH_AT_UTILIZATION", validate=validate.Range(
         min=0, max=1, error="must be a number from 0 to 1"), error_messages={"invalid": "must be a number"})
@@ -249,6 +254,9 @@ class Settings:
     ping_interval: float = 15.0
     max_body_mb: float = 32.0
     client_setup_dir: str = "client-setup"
+    # Bounded work and storage: one SSE event's size, the unmapped hosts accounting tracks
+    max_sse_event_mb: float = 16.0
+    usage_max_unmapped_hosts: int = 100
     # Credential pools and fallback upstreams
     pool_switch_at: float | None = None
     upstreams: tuple = field(default=(), repr=False)
@@ -256,6 +264,10 @@ class Settings:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_sse_event_bytes(self) -> int:
+        return int(self.max_sse_event_mb * 1024 * 1024)
 
     @property
     def translation(self) -> bool:

@@ -15,9 +15,9 @@ def health():
     services = current_app.extensions["nexus"]
     settings = services.settings
     body = {"status": "ok", "service": "claude-nexus-proxy", "version": __version__, "mode": settings.proxy_mode}
-    if not services.access.allows(request.host, request.headers):
-        # access control is on and this caller has no key: liveness only
-        body["details"] = "send a proxy API key to see the configuration"
+    if not services.access.is_admin(request.headers):
+        # access control is on and this caller has no admin key: liveness only
+        body["details"] = "send an admin key (one of PROXY_API_KEYS) to see the configuration"
         return jsonify(body)
     storage = services.accounting.status()
     if storage.get("degraded"):

@@ -42,12 +42,17 @@ def _handle(kind: str) -> Response:
     host = host_without_port(headers.get("host", ""))
     rec = RequestRecord(
         request_id="req_" + uuid.uuid4().hex[:24], timestamp=time.time(), domain=host or "unknown",
-        mode=settings.proxy_mode, method=request.method, path=request.path,
+        mode=settings.proxy_mode, started=started, method=request.method, path=request.path,
     )
     try:
         config = services.credentials.domain_config(host)
         rec.slack_override = config.slack
-        client_key = services.access.check(host, headers, config)
+        try:
+            identity = services.access.check(host, headers, config)
+        except ProxyError:
+            rec.domain = services.domains.for_request(host, refused=True)
+            raise
+        rec.domain = services.domains.for_request(host, refused=False)
         limit = settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise body_too_large(limit)
@@ -57,21 +62,21 @@ def _handle(kind: str) -> Response:
             raise body_too_large(limit)
         logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
         inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
-                       rec, client_key, config)
+                       rec, identity.key if identity else None, identity, config)
         if settings.translation:
             if kind == "messages":
-                reply = services.translator.messages(inc, started)
+                reply = services.translator.messages(inc)
             elif kind == "count_tokens":
-                reply = services.translator.count_tokens(inc, started)
+                reply = services.translator.count_tokens(inc)
             else:  # pragma: no cover - the catch-all is only registered in passthrough mode
                 raise ProxyError(404, f"{request.path} is not available in translation mode", "not_found_error")
         else:
-            reply = services.passthrough.forward(inc, started)
+            reply = services.passthrough.forward(inc)
     except ProxyError as exc:
         rec.status = exc.status
         rec.error_type = exc.error_type
         rec.error_message = exc.message
-        services.recorder.finish(rec, started)
+        services.recorder.finish(rec)
         raise
     return to_response(reply)
 

@@ -10,11 +10,13 @@ from app.storage import StorageError
 
 bp = Blueprint("stats", __name__)
 
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+
 
 @bp.get("/token-stats")
 def token_stats():
     services = current_app.extensions["nexus"]
-    services.access.require_admin(request.host, request.headers)
+    services.access.require_admin(request.headers)
     since = _time_arg("since")
     until = _time_arg("until")
     group_by = request.args.get("group_by") or "domain"
@@ -46,9 +48,15 @@ def _time_arg(name: str) -> float | None:
         return None
     try:
         number = float(value)
-        return number / 1000 if number > 1e11 else number
     except ValueError:
-        pass
+        number = None
+    if number is not None:
+        seconds = number / 1000 if number > 1e11 else number
+        # nan, inf, 1e400 (inf once parsed) and times before 1970 or after 9999 name no moment we hold
+        if not (0 <= seconds <= _LATEST):
+            raise invalid_request(f"{name}: must be a time between 1970 and 9999 (epoch seconds or milliseconds, "
+                                  "or ISO-8601)")
+        return seconds
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

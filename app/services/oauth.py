@@ -20,6 +20,7 @@ from typing import Iterator
 import requests
 
 from app.masking import STARS, mask_text
+from app.services.headers import token_endpoint_headers
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ CREATE_API_KEY_URL = "https://api.anthropic.com/api/oauth/claude_cli/create_api_
 DEFAULT_SCOPES = ("org:create_api_key", "user:profile", "user:inference")
 TIMEOUT = (5.0, 10.0)  # (connect, read) seconds for every OAuth call
 LOCK_TIMEOUT = 30.0  # longest wait for another process's refresh (it is bounded by TIMEOUT itself)
-_USER_AGENT = "claude-nexus-proxy"
 
 
 class OAuthError(Exception):
@@ -69,9 +69,8 @@ def _error_detail(resp: requests.Response, secrets: tuple[str, ...]) -> str:
 def post_json(session: requests.Session, url: str, body: dict, *, what: str,
               bearer: str | None = None, secrets: tuple[str, ...] = ()) -> dict:
     """POST `body` as JSON and return the JSON object answered; `OAuthError` with a safe reason otherwise."""
-    headers = {"content-type": "application/json", "accept": "application/json", "user-agent": _USER_AGENT}
+    headers = token_endpoint_headers(bearer)
     if bearer:
-        headers["authorization"] = "Bearer " + bearer
         secrets = secrets + (bearer,)
     try:
         resp = session.post(url, json=body, headers=headers, timeout=TIMEOUT)

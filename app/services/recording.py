@@ -6,6 +6,7 @@ import time
 
 from app.logs import log_access_record
 from app.records import RequestRecord
+from app.usage import TEXT_CAP
 
 log = logging.getLogger("nexus")
 
@@ -17,8 +18,8 @@ class Recorder:
         self.slack = slack
         self.credentials = credentials
 
-    def finish(self, rec: RequestRecord, started: float) -> None:
-        rec.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    def finish(self, rec: RequestRecord) -> None:
+        rec.duration_ms = round((time.perf_counter() - rec.started) * 1000, 3)
         try:
             self.accounting.record(rec)
             self.telemetry.submit(rec)
@@ -30,16 +31,19 @@ class Recorder:
 
 def last_user_text(body: dict) -> str | None:
     """The text of the last user turn (for Slack), without tool results or images."""
-    for message in reversed(body.get("messages") or []):
+    messages = body.get("messages")
+    if not isinstance(messages, list):  # the upstream judges a wrong type; the side parser only skips it
+        return None
+    for message in reversed(messages):
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
         if isinstance(content, str):
-            return content[:4000]
+            return content[:TEXT_CAP]
         if isinstance(content, list):
             texts = [b["text"] for b in content
                      if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)]
             if texts:
-                return "\n".join(texts)[:4000]
+                return "\n".join(texts)[:TEXT_CAP]
         return None
     return None

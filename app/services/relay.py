@@ -1,16 +1,92 @@
-"""Shared pieces of relaying an upstream answer: keep-alive while the upstream is silent, error mapping."""
+"""The one frame every streamed answer is relayed in, and the pieces around it.
+
+`relay_stream` owns the loop: start, read the upstream as it arrives, ping while it is silent, notice the
+client going away, turn an upstream failure into an `event: error`, then close the upstream and record
+the request. What the bytes become is the job of a `StreamPlug`: translation converts OpenAI chunks into
+Anthropic events, passthrough relays them untouched while a side parser reads the usage.
+"""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Protocol
 
 import gevent
 from gevent.queue import Empty, Queue
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
+from app import logs
 from app.errors import ProxyError, error_type_for_status, upstream_error_message
-from app.services.upstream import close_quietly
+from app.records import RequestRecord
+from app.services.upstream import close_quietly, iter_body
+from app.translation.stream import PING
+from app.usage import Usage, apply_usage
 
 _END = object()
+
+
+class StreamPlug(Protocol):
+    """What one kind of stream does inside the frame."""
+
+    done: bool  # the plug saw the stream's end: stop reading
+    reusable: bool  # the upstream was read to a clean end: its connection can go back to the pool
+
+    def head(self) -> bytes:
+        """Bytes the client gets before the first upstream chunk."""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes the client gets for one upstream chunk (b"" for none yet)."""
+
+    def seen(self, out: bytes) -> None:
+        """Called once `out` has gone to the client: work that must not delay it."""
+
+    def tail(self) -> bytes:
+        """The upstream ended (or `done`): the stream's last bytes."""
+
+    def failure(self, error_type: str, message: str) -> bytes:
+        """The `event: error` that ends the stream after an upstream failure."""
+
+    def usage(self) -> Usage:
+        """What the stream used and said, for the request record."""
+
+
+def relay_stream(resp, rec: RequestRecord, plug: StreamPlug, recorder, *, ping_interval: float = 0.0,
+                 shutting_down: Callable[[], bool] = lambda: False) -> "StreamBody":
+    """The body of a streamed reply: `plug` run in the frame, with the cleanup of a client that never read it."""
+    return StreamBody(_frame(resp, rec, plug, recorder, ping_interval, shutting_down),
+                      abandoned(resp, rec, recorder))
+
+
+def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: float,
+           shutting_down: Callable[[], bool]) -> Iterator[bytes]:
+    debug = logs.debug_enabled()
+    try:
+        head = plug.head()
+        if head:
+            yield head
+        for chunk in with_keepalive(iter_body(resp), ping_interval):
+            if chunk is None:
+                yield PING
+                continue
+            if debug:
+                logs.debug_chunk(rec.request_id, chunk)
+            out = plug.feed(chunk)
+            if out:
+                yield out
+                plug.seen(out)
+            if plug.done:
+                break
+        tail = plug.tail()
+        if tail:
+            yield tail
+    except GeneratorExit:
+        rec.error_type = rec.error_type or "client_disconnected"
+        raise
+    except Exception as exc:
+        rec.error_type, rec.error_message = stream_failure(exc, shutting_down())
+        yield plug.failure(rec.error_type, rec.error_message)
+    finally:
+        close_quietly(resp, complete=plug.reusable and rec.error_type is None)
+        apply_usage(rec, plug.usage())
+        recorder.finish(rec)
 
 
 def with_keepalive(chunks: Iterator[bytes], interval: float) -> Iterator[bytes | None]:
@@ -111,11 +187,11 @@ class StreamBody:
             close()
 
 
-def abandoned(resp, rec, recorder, started: float):
+def abandoned(resp, rec: RequestRecord, recorder):
     """The cleanup of a stream the client left before it began."""
     def abandon() -> None:
         close_quietly(resp)
         rec.error_type = rec.error_type or "client_disconnected"
-        recorder.finish(rec, started)
+        recorder.finish(rec)
 
     return abandon

@@ -12,6 +12,7 @@ import time
 import weakref
 from typing import Iterator, Mapping
 
+import gevent
 import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -27,6 +28,7 @@ log = logging.getLogger("nexus.upstream")
 
 RETRY_STATUSES = frozenset({429, 503, 529})
 READ_SIZE = 65536
+_BUSY_READ = READ_SIZE // 2
 
 
 class UpstreamClient:
@@ -120,13 +122,19 @@ class UpstreamClient:
 
 
 def iter_body(resp: urllib3.BaseHTTPResponse, decode_content: bool = True) -> Iterator[bytes]:
-    """Yield the body as the bytes arrive (not in fixed-size blocks), ending at EOF."""
+    """Yield the body as the bytes arrive (not in fixed-size blocks), ending at EOF.
+
+    A read that fills most of the buffer means more bytes are waiting, and gevent's socket reads return at
+    once without a switch: the loop yields to the other greenlets so one huge answer cannot hold the worker.
+    """
     read1 = resp.read1
     while True:
         chunk = read1(READ_SIZE, decode_content=decode_content)
         if not chunk:
             return
         yield chunk
+        if len(chunk) >= _BUSY_READ:
+            gevent.sleep(0)
 
 
 def close_quietly(resp: urllib3.BaseHTTPResponse | None, complete: bool = False) -> None:

@@ -38,11 +38,37 @@ def _lookup(items: tuple[tuple[str, str], ...], model: str) -> str | None:
     return None
 
 
-def map_model(model_map: Mapping[str, str] | None, model: object) -> str | None:
-    """The first MODEL_MAP target whose glob matches `model` (in the map's order), else None."""
-    if not model_map or not isinstance(model, str):
-        return None
-    return _lookup(tuple(model_map.items()), model)
+class ModelRouter:
+    """The model choice and max_tokens cap, built once from the settings."""
+
+    __slots__ = ("reasoning_model", "completion_model", "reasoning_max_tokens", "completion_max_tokens", "_map")
+
+    def __init__(self, reasoning_model: str, completion_model: str, reasoning_max_tokens: int | None,
+                 completion_max_tokens: int | None, model_map: Mapping[str, str] | None) -> None:
+        self.reasoning_model = reasoning_model
+        self.completion_model = completion_model
+        self.reasoning_max_tokens = reasoning_max_tokens
+        self.completion_max_tokens = completion_max_tokens
+        self._map = tuple((model_map or {}).items())
+
+    def route(self, body: dict) -> Route:
+        """Choose the upstream model (MODEL_MAP first, then thinking -> reasoning model) and cap max_tokens."""
+        reasoning = wants_thinking(body)
+        model = body.get("model")
+        model = _lookup(self._map, model) if self._map and isinstance(model, str) else None
+        if model is None:
+            model = self.reasoning_model if reasoning else self.completion_model
+        cap = self.reasoning_max_tokens if reasoning else self.completion_max_tokens
+        requested = body.get("max_tokens")
+        if type(requested) is not int or requested < 1:
+            requested = None
+        if requested is None:
+            max_tokens = cap
+        elif cap is None:
+            max_tokens = requested
+        else:
+            max_tokens = min(requested, cap)
+        return Route(model=model, max_tokens=max_tokens, reasoning=reasoning)
 
 
 def route(
@@ -54,22 +80,9 @@ def route(
     completion_max_tokens: int | None,
     model_map: Mapping[str, str] | None,
 ) -> Route:
-    """Choose the upstream model (MODEL_MAP first, then thinking -> reasoning model) and cap max_tokens."""
-    reasoning = wants_thinking(body)
-    model = map_model(model_map, body.get("model"))
-    if model is None:
-        model = reasoning_model if reasoning else completion_model
-    cap = reasoning_max_tokens if reasoning else completion_max_tokens
-    requested = body.get("max_tokens")
-    if type(requested) is not int or requested < 1:
-        requested = None
-    if requested is None:
-        max_tokens = cap
-    elif cap is None:
-        max_tokens = requested
-    else:
-        max_tokens = min(requested, cap)
-    return Route(model=model, max_tokens=max_tokens, reasoning=reasoning)
+    """One request's route without a router at hand (tests, the benchmark's profile)."""
+    return ModelRouter(reasoning_model, completion_model, reasoning_max_tokens, completion_max_tokens,
+                       model_map).route(body)
 
 
 def model_map_for(upstream_map: Mapping | None, global_map: Mapping | None) -> Mapping | None:

@@ -6,6 +6,8 @@ import json
 import logging
 from typing import Any
 
+from app.jsonenc import compact
+
 from .models import Route
 from .schema import clean_schema
 
@@ -18,8 +20,6 @@ _JOIN = "\n\n"  # separator between text blocks merged into one OpenAI string
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 _UPSTREAM = "cannot be sent to an OpenAI-compatible upstream"
-# One encoder for all tool arguments: json.dumps(..., separators=...) builds a new encoder per call.
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class UnsupportedContent(ValueError):
@@ -204,7 +204,7 @@ class _Conversation:
                     "type": "function",
                     "function": {
                         "name": name,
-                        "arguments": _compact_json({} if args is None else args),
+                        "arguments": compact({} if args is None else args),
                     },
                 })
             elif kind in _DROPPED_BLOCKS:

@@ -50,10 +50,21 @@ def parse_arguments(arguments: Any) -> dict:
     if not arguments.strip():
         return {}
     try:
-        parsed = json.loads(arguments)
+        parsed = json.loads(arguments, parse_float=_finite_float, parse_constant=_no_constant)
     except ValueError:
         return {"_raw": arguments}
     return parsed if isinstance(parsed, dict) else {"_raw": arguments}
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):  # 1e999: no JSON spelling for the client
+        raise ValueError(text)
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(name)
 
 
 def map_stop_reason(

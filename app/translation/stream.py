@@ -22,10 +22,11 @@ from json.encoder import encode_basestring_ascii as _json_string_ascii
 from typing import Any, Sequence
 
 from app.errors import error_type_for_status, sse_error_event
+from app.jsonenc import compact, compact_ascii
+from app.usage import TEXT_CAP, Usage
 
 from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id, upstream_error_text
 
-TEXT_CAP = 4000  # characters of assistant text kept for Slack/accounting
 _TEXT, _THINKING = "text", "thinking"  # block keys; tool-call keys are their OpenAI index (int)
 _ERROR_TYPES = frozenset({
     "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
@@ -39,16 +40,14 @@ _OPENAI_ERROR_TYPES = {
 }
 
 
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_ascii_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def format_sse(event: str, data: dict) -> bytes:
     """`event: <event>\\ndata: <compact json>\\n\\n`."""
     try:
-        return f"event: {event}\ndata: {_compact_json(data)}\n\n".encode()
+        return f"event: {event}\ndata: {compact(data)}\n\n".encode()
     except UnicodeEncodeError:  # a lone surrogate from the upstream: escape it instead of failing
-        return f"event: {event}\ndata: {_ascii_json(data)}\n\n".encode()
+        return f"event: {event}\ndata: {compact_ascii(data)}\n\n".encode()
 
 
 def _delta_event(index: int, kind: str, field: str, fragment: str) -> bytes:
@@ -242,6 +241,11 @@ class StreamTranslator:
 
     # -- accounting -----------------------------------------------------------------------------
 
+    def usage(self) -> Usage:
+        """What the stream has used and said so far; an error it sent is reported with it."""
+        return Usage(self.input_tokens, self.output_tokens, 0, self.cache_read_input_tokens, self.tool_names,
+                     self.text, (self.error_type or "api_error") if self._failed else None, self.error_message)
+
     @property
     def _usage_reported(self) -> bool:
         return self._usage is not None and type(self._usage.get("prompt_tokens")) is int
@@ -299,10 +303,6 @@ class StreamTranslator:
     @property
     def failed(self) -> bool:
         return self._failed
-
-    @property
-    def started(self) -> bool:
-        return self._started
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ class FakeRecorder:
     def __init__(self):
         self.finished = []
 
-    def finish(self, rec, started):
+    def finish(self, rec):
         self.finished.append(rec)
 
 
@@ -90,7 +90,7 @@ def test_a_stream_closed_before_it_started_is_still_accounted_and_closed():
         ran.append(True)
         yield b"never"
 
-    body = StreamBody(gen(), abandoned(resp, rec, recorder, 0.0))
+    body = StreamBody(gen(), abandoned(resp, rec, recorder))
     body.close()
     assert resp.closed and recorder.finished == [rec] and rec.error_type == "client_disconnected"
     assert ran == []
@@ -99,7 +99,7 @@ def test_a_stream_closed_before_it_started_is_still_accounted_and_closed():
 def test_a_started_stream_cleans_up_itself_only():
     resp, recorder = FakeResponse(), FakeRecorder()
     rec = RequestRecord(request_id="r", timestamp=0, domain="d", mode="translation")
-    body = StreamBody(iter([b"a", b"b"]), abandoned(resp, rec, recorder, 0.0))
+    body = StreamBody(iter([b"a", b"b"]), abandoned(resp, rec, recorder))
     assert list(body) == [b"a", b"b"]
     body.close()
     assert not resp.closed and recorder.finished == []

@@ -6,7 +6,9 @@ import json
 import pytest
 
 from app.sse import SSEDecoder
-from app.usage import TEXT_CAP, StreamUsage, classify_request, count_system_messages, usage_from_message
+from app.records import RequestRecord
+from app.usage import (TEXT_CAP, StreamUsage, Usage, apply_usage, classify_request, count_system_messages,
+                       usage_from_message)
 
 
 # --- classification: the product's three cases, plus the documented zero case -------------
@@ -73,25 +75,23 @@ def test_usage_from_message_counts_tokens_tools_and_text():
                   "cache_read_input_tokens": 9000},
     }
     u = usage_from_message(msg)
-    assert u == {
-        "input_tokens": 1200, "output_tokens": 85, "cache_creation_input_tokens": 300,
-        "cache_read_input_tokens": 9000, "tool_calls": 2, "tool_names": ["Read", "Grep"],
-        "text": "Let me read that file.",
-    }
+    assert u == Usage(input_tokens=1200, output_tokens=85, cache_creation_input_tokens=300,
+                      cache_read_input_tokens=9000, tool_names=["Read", "Grep"], text="Let me read that file.")
+    assert u.tool_calls == 2
 
 
 def test_usage_from_message_tolerates_missing_and_null_usage():
     u = usage_from_message({"content": [{"type": "text", "text": "hi"}],
                             "usage": {"input_tokens": None, "output_tokens": 3}})
-    assert (u["input_tokens"], u["output_tokens"], u["cache_read_input_tokens"]) == (0, 3, 0)
-    assert usage_from_message({})["tool_calls"] == 0
-    assert usage_from_message({"content": "not a list", "usage": "nope"})["text"] == ""
+    assert (u.input_tokens, u.output_tokens, u.cache_read_input_tokens) == (0, 3, 0)
+    assert usage_from_message({}).tool_calls == 0
+    assert usage_from_message({"content": "not a list", "usage": "nope"}).text == ""
 
 
 def test_usage_from_message_caps_text():
     u = usage_from_message({"content": [{"type": "text", "text": "a" * 3000}, {"type": "text", "text": "b" * 3000}]})
-    assert len(u["text"]) == TEXT_CAP
-    assert u["text"].startswith("a" * 3000) and u["text"].endswith("b")
+    assert len(u.text) == TEXT_CAP
+    assert u.text.startswith("a" * 3000) and u.text.endswith("b")
 
 
 # --- usage from a stream ----------------------------------------------------------------------
@@ -140,11 +140,8 @@ def test_stream_usage_from_a_real_tool_use_stream():
     assert (u.cache_creation_input_tokens, u.cache_read_input_tokens) == (120, 2048)
     assert u.tool_calls == 1 and u.tool_names == ["get_weather"]
     assert u.text == "I'll check the weather."
-    assert u.model == "claude-sonnet-4-5" and u.stop_reason == "tool_use"
     assert u.error_type is None
-    d = u.as_dict()
-    assert set(d) == {"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                      "tool_calls", "tool_names", "text", "error_type", "error_message"}
+    assert u.usage() == Usage(472, 89, 120, 2048, ["get_weather"], "I'll check the weather.")
 
 
 def test_stream_error_event_keeps_the_tokens_seen_so_far():
@@ -218,3 +215,25 @@ def test_malformed_events_never_raise(event, data):
     u = StreamUsage()
     u.feed(event, data)
     assert u.output_tokens == 0 and u.tool_calls == 0
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300, -5, True, "12", None])
+def test_odd_token_counts_are_zero_or_the_number_never_an_error(value):
+    """1e999 in an upstream's JSON parses as infinity: a count of nothing, never an OverflowError."""
+    u = usage_from_message({"usage": {"input_tokens": value, "output_tokens": 7}})
+    assert u.output_tokens == 7
+    assert u.input_tokens == (int(value) if value == 1e300 else 0)
+    s = StreamUsage()
+    s.feed("message_start", b'{"message": {"usage": {"input_tokens": 1e999, "output_tokens": 2}}}')
+    assert (s.input_tokens, s.output_tokens) == (0, 2)
+
+
+def test_apply_usage_fills_the_record_and_keeps_an_error_already_there():
+    rec = RequestRecord(request_id="r", timestamp=0, domain="d", mode="passthrough")
+    apply_usage(rec, Usage(10, 20, 3, 4, ["Read", "Bash"], "hello", "overloaded_error", "busy"))
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_creation_input_tokens, rec.cache_read_input_tokens,
+            rec.tool_calls, rec.tool_names, rec.assistant_text) == (10, 20, 3, 4, 2, ["Read", "Bash"], "hello")
+    assert (rec.error_type, rec.error_message) == ("overloaded_error", "busy")
+    rec.error_type, rec.error_message = "client_disconnected", None
+    apply_usage(rec, Usage(error_type="api_error", error_message="cut"))
+    assert (rec.error_type, rec.error_message, rec.input_tokens) == ("client_disconnected", None, 0)

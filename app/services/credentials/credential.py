@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from app.masking import mask_secret, register_secret
-from app.services.access import presented_key
+from app.client_key import presented_key
 
 OAUTH_BETA = "oauth-2025-04-20"
 OAUTH_TOKEN_PREFIX = "sk-ant-oat"
@@ -71,7 +71,7 @@ class Credential:
 
 
 def client_credential(headers: Mapping[str, str]) -> Credential | None:
-    """The client's own credential, read by the one client-key parser (`access.presented_key`)."""
+    """The client's own credential: the key it presents (`app.client_key`), as an API key or an OAuth token."""
     value = presented_key(headers)
     if not value:
         return None

@@ -106,8 +106,8 @@ class CredentialManager:
                 unreadable = True
                 continue
             key = f.data.get("client_api_key")
-            if isinstance(key, str) and key and key not in keys:
-                keys.append(key)
+            if key is not None and key not in keys:
+                keys.append(key)  # as the file holds it: access control refuses a value that is not a key
             block = f.data.get("slack")
             if slack is None and isinstance(block, dict):
                 slack = block
@@ -172,8 +172,33 @@ class CredentialManager:
 
     # thin views of domain_config, for callers that need one field
     def client_api_key_for(self, host: str) -> str | None:
-        keys = self.domain_config(host).client_api_keys
+        keys = [k for k in self.domain_config(host).client_api_keys if isinstance(k, str) and k]
         return keys[0] if keys else None
+
+    def file_field(self, host: str, name: str):
+        """A top-level field of the host's (first) mapped credential file that has it, as the file holds it."""
+        pool = self._pools.get(host_without_port(host))
+        if pool is None:
+            return None
+        now = self._clock()
+        for f in pool.files:
+            f.check_due(now)
+            value = f.get(name)
+            if value is not None:
+                return value
+        return None
+
+    def is_mapped(self, host: str) -> bool:
+        return host_without_port(host) in self._pools
+
+    def any_client_keys(self) -> bool:
+        """Whether any mapped file carries a `client_api_key` (then every request needs a key)."""
+        now = self._clock()
+        for f in self.files:
+            f.check_due(now)
+            if f.get("client_api_key") is not None:
+                return True
+        return False
 
     def mapped_but_unreadable(self, host: str) -> bool:
         return self.domain_config(host).unreadable

@@ -24,7 +24,7 @@ from app.services.credentials import refresh as refresh_mod
 from app.services.credentials import CredentialManager
 from config.settings import Settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN_URL = "https://console.example.test/v1/oauth/token"
 DOMAIN = "team.example.com"
 ACCESS = "sk-ant-oat01-original-" + "Aa1" * 20 + "kq9Z"

@@ -18,7 +18,7 @@ from app.storage.postgres import PostgresStorage
 from app.storage.sqlite import SqliteStorage
 from config.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOW = time.time()
 
 

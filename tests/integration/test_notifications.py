@@ -28,7 +28,7 @@ TEAM_WEBHOOK = "https://hooks.slack.com/services/T1111/B1111/TEAMSECRETPATH22"
 API_KEY = "sk-ant-api03-" + "Zq8xR2vL9mN4pK7wT1yB6cH3jF5dG0sA" * 3 + "-QwErTy12AA"
 OAUTH = "sk-ant-oat01-" + "Pp9Oo8Ii7Uu6Yy5Tt4Rr3Ee2Ww1Qq0" * 3 + "ZZ"
 OPAQUE = "opaque-refresh-token-value-4242"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)

@@ -207,22 +207,28 @@ def test_domain_client_api_key_is_required_for_that_domain(tmp_path, fake_upstre
         assert entry["headers"]["x-api-key"] == TEAM_ANTHROPIC_KEY
         assert TEAM_KEY not in everything_sent(entry)
 
-    # team2 has no client key: open (with its own mapped credential)
-    assert client.post("/v1/messages", json=MESSAGE, headers={"Host": "team2.example.com"}).status_code == 200
-    # team1's key means nothing for another domain's protection, and is not an upstream credential there
+    # once any client key exists, every Host needs a key valid for it: team2 has none, so it is closed
     fake_upstream.reset()
-    resp = client.post("/v1/messages", json=MESSAGE, headers={"Host": "team2.example.com", "x-api-key": TEAM_KEY})
-    assert resp.status_code == 200
-    assert fake_upstream.requests()[0]["headers"]["x-api-key"] != TEAM_KEY
+    assert_error(client.post("/v1/messages", json=MESSAGE, headers={"Host": "team2.example.com"}),
+                 401, "authentication_error")
+    # team1's key opens nothing on another domain, and is never sent upstream there
+    assert_error(client.post("/v1/messages", json=MESSAGE, headers={"Host": "team2.example.com", "x-api-key": TEAM_KEY}),
+                 401, "authentication_error")
+    assert fake_upstream.requests() == []
 
 
-def test_domain_client_api_key_protects_that_domains_stats_and_health(tmp_path, fake_upstream, team_files):
+def test_a_domain_client_api_key_is_not_an_admin_key(tmp_path, fake_upstream, team_files):
+    """Operator data (every team's usage, the credential files) needs PROXY_API_KEYS, on any Host."""
     client = passthrough_client(tmp_path, fake_upstream, DOMAIN_CREDENTIAL_MAPPING=json.dumps(team_files))
-    team1 = {"Host": "team1.example.com"}
-    assert_error(client.get("/token-stats", headers=team1), 401, "authentication_error")
-    assert client.get("/token-stats", headers={**team1, "x-api-key": TEAM_KEY}).status_code == 200
-    assert "credentials" not in client.get("/", headers=team1).get_json()
-    assert "credentials" in client.get("/", headers={**team1, "x-api-key": TEAM_KEY}).get_json()
+    for host in ("team1.example.com", "stranger.example.net", "localhost"):
+        for headers in ({"Host": host}, {"Host": host, "x-api-key": TEAM_KEY}):
+            assert_error(client.get("/token-stats", headers=headers), 401, "authentication_error")
+            assert "credentials" not in client.get("/", headers=headers).get_json()
+    client = passthrough_client(tmp_path, fake_upstream, DOMAIN_CREDENTIAL_MAPPING=json.dumps(team_files),
+                                PROXY_API_KEYS=PROXY_KEY)
+    admin = {"Host": "stranger.example.net", "authorization": "Bearer " + PROXY_KEY}
+    assert client.get("/token-stats", headers=admin).status_code == 200
+    assert "credentials" in client.get("/", headers=admin).get_json()
 
 
 def test_a_protected_teams_credential_is_never_lent_to_an_unmapped_host(tmp_path, fake_upstream):

@@ -83,7 +83,7 @@ def test_setup_file_is_served_with_caching_headers(tmp_path):
 
 
 def test_shipped_sample_setup_file_is_served(tmp_path):
-    repo_setup = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "client-setup")
+    repo_setup = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "client-setup")
     client = make_client(tmp_path, CLIENT_SETUP_DIR=repo_setup)
     resp = client.get("/client-setup/claude-code-settings.json")
     assert resp.status_code == 200 and "ANTHROPIC_BASE_URL" in resp.get_data(as_text=True)
@@ -199,7 +199,7 @@ def test_a_body_over_the_limit_is_still_accounted(tmp_path):
 @pytest.mark.parametrize("turn", ["messages-turn1.json", "messages-turn2.json"])
 def test_count_tokens_takes_what_claude_code_sends(tmp_path, turn):
     """Same body shape as /v1/messages: system array, mid-conversation system message, tools, thinking."""
-    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "claude-code-2.1.197")
+    fixtures = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "claude-code-2.1.197")
     with open(os.path.join(fixtures, turn)) as fh:
         body = json.load(fh)
     client = make_client(tmp_path)
