@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from typing import Any, Mapping
 
 from app.jsonenc import compact_ascii
 from app.masking import mask_text
@@ -26,18 +26,13 @@ _TYPE_BY_STATUS = {
     529: "overloaded_error",
 }
 
-# The reverse, for errors we raise by type: the status a client expects for it.
-_STATUS_BY_TYPE = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
+# Every error type Anthropic documents, and what OpenAI-compatible upstreams call theirs.
+ERROR_TYPES = frozenset(_TYPE_BY_STATUS.values())
+_OPENAI_ERROR_TYPES = {
+    "rate_limit_exceeded": "rate_limit_error",
+    "insufficient_quota": "rate_limit_error",
+    "server_error": "api_error",
+    "invalid_request_error": "invalid_request_error",
 }
 
 
@@ -50,8 +45,21 @@ def error_type_for_status(status: int) -> str:
     return "api_error"
 
 
-def status_for_error_type(error_type: str) -> int:
-    return _STATUS_BY_TYPE.get(error_type, 500)
+def error_type_for_upstream(error: Any) -> str:
+    """The Anthropic error type for an OpenAI-style error object (seen mid-stream or in a 2xx body)."""
+    if isinstance(error, dict):
+        code = error.get("code")
+        if isinstance(code, str) and code.isdigit():
+            code = int(code)
+        if type(code) is int and 400 <= code <= 599:
+            return error_type_for_status(code)
+        for key in ("type", "code"):
+            value = error.get(key)
+            if value in ERROR_TYPES:
+                return value
+            if value in _OPENAI_ERROR_TYPES:
+                return _OPENAI_ERROR_TYPES[value]
+    return "api_error"
 
 
 def error_body(error_type: str, message: str) -> dict:
@@ -91,12 +99,6 @@ class ProxyError(Exception):
         self.error_type = error_type or error_type_for_status(status)
         self.headers = dict(headers or {})
 
-    def body(self) -> dict:
-        return error_body(self.error_type, self.message)
-
-    def sse(self) -> bytes:
-        return sse_error_event(self.error_type, self.message)
-
 
 def invalid_request(message: str) -> ProxyError:
     return ProxyError(400, message, "invalid_request_error")
@@ -104,6 +106,24 @@ def invalid_request(message: str) -> ProxyError:
 
 def body_too_large(limit: int) -> ProxyError:
     return ProxyError(413, f"Request body is too large (limit {limit} bytes)", "request_too_large")
+
+
+def _message_in(error: Any) -> str | None:
+    """The message of an error object in any of the shapes upstreams use (`message`, `detail`, `msg`)."""
+    if isinstance(error, dict):
+        for key in ("message", "detail", "msg"):
+            msg = error.get(key)
+            if isinstance(msg, str) and msg:
+                return msg
+        return None
+    return error if isinstance(error, str) and error else None
+
+
+def upstream_error_text(error: Any) -> str:
+    """The text of an upstream's error object (an OpenAI-style `error` inside a stream or a 2xx body)."""
+    if isinstance(error, dict):
+        return _message_in(error) or json.dumps(error)[:500]
+    return str(error)[:500]
 
 
 def upstream_error_message(status: int, body: bytes | str | None) -> str:
@@ -114,15 +134,8 @@ def upstream_error_message(status: int, body: bytes | str | None) -> str:
     except ValueError:
         data = None
     if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail") or err.get("msg")
-            if isinstance(msg, str) and msg:
-                return msg
-        elif isinstance(err, str) and err:
-            return err
-        msg = data.get("message") or data.get("detail")
-        if isinstance(msg, str) and msg:
+        msg = _message_in(data.get("error", data)) or _message_in(data)
+        if msg:
             return msg
     text = text.strip()
     if text and len(text) < 500 and "<html" not in text.lower():

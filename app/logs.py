@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from app.masking import mask_headers, mask_json, mask_text
+from config.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 MAX_STR = 1000  # long strings in dumped bodies are cut to this many characters
@@ -48,10 +49,10 @@ class MaskingFilter(logging.Filter):
         return True
 
 
-def _level(settings) -> int:
-    if getattr(settings, "debug", False):
+def _level(settings: Settings) -> int:
+    if settings.debug:
         return logging.DEBUG
-    name = str(getattr(settings, "log_level", "INFO") or "INFO").upper()
+    name = settings.log_level.upper()
     level = logging.getLevelName(name)
     return level if isinstance(level, int) else logging.INFO
 

@@ -21,6 +21,7 @@ from app.masking import mask_text
 from app.records import RequestRecord
 from app.services.report import format_report, format_started
 from app.storage.base import Storage, StorageDataError, StorageError
+from config.settings import Settings
 
 log = logging.getLogger("nexus.accounting")
 
@@ -42,7 +43,7 @@ def _mask_error(exc: BaseException) -> str:
 class Accounting:
     """Records every request once; the service code never knows which storage is behind it."""
 
-    def __init__(self, settings, storage: Storage, *, max_pending: int = MAX_PENDING,
+    def __init__(self, settings: Settings, storage: Storage, *, max_pending: int = MAX_PENDING,
                  batch_size: int = BATCH_SIZE, flush_interval: float = FLUSH_INTERVAL,
                  max_retry_wait: float = MAX_RETRY_WAIT, printer: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -52,7 +53,7 @@ class Accounting:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_retry_wait = max_retry_wait
-        self.report_interval = float(getattr(settings, "report_interval", 0) or 0)
+        self.report_interval = settings.report_interval
         self._print = printer or (lambda text: print(text, flush=True))
         self._clock = clock
         self._started_at = time.monotonic()

@@ -23,6 +23,7 @@ import requests
 
 from app.masking import mask_key_tail, mask_secret, mask_text, register_secret
 from app.records import RequestRecord
+from config.settings import Settings
 
 log = logging.getLogger("nexus.notifications")
 
@@ -98,7 +99,7 @@ class _Sender:
         }
 
     # -- sender
-    def _session_(self) -> requests.Session:
+    def _http(self) -> requests.Session:
         if self._session is None:
             self._session = requests.Session()
         return self._session
@@ -143,7 +144,7 @@ class _Sender:
                     break
                 time.sleep(self.backoff[min(attempt - 1, len(self.backoff) - 1)])
             try:
-                resp = self._session_().post(url, json=payload, timeout=(min(self.timeout, 3.0), self.timeout))
+                resp = self._http().post(url, json=payload, timeout=(min(self.timeout, 3.0), self.timeout))
             except requests.RequestException as exc:
                 # Only the exception's class: its text carries the URL, and a webhook URL is a secret.
                 problem = type(exc).__name__
@@ -207,9 +208,9 @@ class Telemetry(_Sender):
 
     name = "telemetry"
 
-    def __init__(self, settings, session: requests.Session | None = None, maxsize: int = QUEUE_SIZE) -> None:
+    def __init__(self, settings: Settings, session: requests.Session | None = None, maxsize: int = QUEUE_SIZE) -> None:
         super().__init__(session, maxsize)
-        self.endpoint: str | None = getattr(settings, "telemetry_endpoint", None) or None
+        self.endpoint: str | None = settings.telemetry_endpoint or None
 
     @property
     def enabled(self) -> bool:
@@ -282,13 +283,13 @@ class Slack(_Sender):
 
     name = "slack"
 
-    def __init__(self, settings, session: requests.Session | None = None, maxsize: int = QUEUE_SIZE) -> None:
+    def __init__(self, settings: Settings, session: requests.Session | None = None, maxsize: int = QUEUE_SIZE) -> None:
         super().__init__(session, maxsize)
-        self.webhook_url: str | None = getattr(settings, "slack_webhook_url", None) or None
-        self.global_enabled = bool(self.webhook_url) and getattr(settings, "slack_enabled", True) is not False
-        self.channel: str | None = getattr(settings, "slack_channel", None) or None
-        self.username: str = getattr(settings, "slack_username", None) or "Claude Code Proxy"
-        self.icon_emoji: str = getattr(settings, "slack_icon_emoji", None) or ":robot_face:"
+        self.webhook_url: str | None = settings.slack_webhook_url or None
+        self.global_enabled = bool(self.webhook_url) and settings.slack_enabled
+        self.channel: str | None = settings.slack_channel or None
+        self.username: str = settings.slack_username
+        self.icon_emoji: str = settings.slack_icon_emoji
         register_secret(self.webhook_url)
 
     @property

@@ -23,6 +23,7 @@ from urllib3.exceptions import (
 )
 
 from app.errors import ProxyError
+from config.settings import Settings
 
 log = logging.getLogger("nexus.upstream")
 
@@ -32,7 +33,7 @@ _BUSY_READ = READ_SIZE // 2
 
 
 class UpstreamClient:
-    def __init__(self, settings, sleep=None) -> None:
+    def __init__(self, settings: Settings, sleep=None) -> None:
         self.settings = settings
         self.timeout = urllib3.Timeout(connect=settings.connect_timeout or None, read=settings.read_timeout or None)
         self.pool = urllib3.PoolManager(
@@ -116,9 +117,6 @@ class UpstreamClient:
             except Exception:  # closing is best effort
                 pass
         return count
-
-    def open_streams(self) -> int:
-        return sum(1 for r in list(self._open) if not r.closed)
 
 
 def iter_body(resp: urllib3.BaseHTTPResponse, decode_content: bool = True) -> Iterator[bytes]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from app.storage.base import Storage, StorageError
+from config.settings import Settings
 
 __all__ = ["Storage", "StorageError", "open_storage", "is_postgres_url"]
 
@@ -16,15 +17,15 @@ def is_postgres_url(url: str | None) -> bool:
     return bool(url) and url.split("://", 1)[0].lower() in ("postgresql", "postgres")
 
 
-def open_storage(settings) -> Storage:
+def open_storage(settings: Settings) -> Storage:
     """The storage the settings ask for. Nothing connects here: the first use connects and migrates."""
-    url = getattr(settings, "database_url", None)
-    retention = getattr(settings, "usage_retention_rows", 100_000)
+    url = settings.database_url
+    retention = settings.usage_retention_rows
     if is_postgres_url(url):
         from app.storage.postgres import PostgresStorage
 
         return PostgresStorage(url, retention_rows=retention,
-                               pool_max=pool_size(getattr(settings, "worker_connections", 1000)))
+                               pool_max=pool_size(settings.worker_connections))
     from app.storage.sqlite import SqliteStorage
 
-    return SqliteStorage(getattr(settings, "usage_db_path", "data/usage.sqlite3"), retention_rows=retention)
+    return SqliteStorage(settings.usage_db_path, retention_rows=retention)

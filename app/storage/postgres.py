@@ -346,7 +346,7 @@ class PostgresStorage(Storage):
             with contextlib.suppress(Exception):
                 conn.close()
 
-    # --- credentials (issue 10) ------------------------------------------------------------
+    # --- credentials ------------------------------------------------------------
 
     def load_credential(self, key: str) -> tuple[dict, float] | None:
         with self._conn() as conn:

@@ -6,6 +6,8 @@ import re
 import secrets
 from typing import Any, Sequence
 
+from app.errors import upstream_error_text
+
 _FINISH = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -110,15 +112,6 @@ def cached_tokens(usage: dict) -> int | None:
 
 def _int(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
-
-
-def upstream_error_text(error: Any) -> str:
-    if isinstance(error, dict):
-        message = error.get("message")
-        if isinstance(message, str) and message:
-            return message
-        return json.dumps(error)[:500]
-    return str(error)[:500]
 
 
 def _text_of(content: Any) -> str:

@@ -21,24 +21,13 @@ from json.encoder import encode_basestring as _json_string
 from json.encoder import encode_basestring_ascii as _json_string_ascii
 from typing import Any, Sequence
 
-from app.errors import error_type_for_status, sse_error_event
+from app.errors import error_type_for_upstream, sse_error_event, upstream_error_text
 from app.jsonenc import compact, compact_ascii
 from app.usage import TEXT_CAP, Usage
 
-from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id, upstream_error_text
+from .response import cached_tokens, map_stop_reason, new_message_id, new_tool_id
 
 _TEXT, _THINKING = "text", "thinking"  # block keys; tool-call keys are their OpenAI index (int)
-_ERROR_TYPES = frozenset({
-    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-    "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "timeout_error", "billing_error",
-})
-_OPENAI_ERROR_TYPES = {
-    "rate_limit_exceeded": "rate_limit_error",
-    "insufficient_quota": "rate_limit_error",
-    "server_error": "api_error",
-    "invalid_request_error": "invalid_request_error",
-}
-
 
 
 
@@ -63,23 +52,6 @@ def _delta_event(index: int, kind: str, field: str, fragment: str) -> bytes:
 
 
 PING = format_sse("ping", {"type": "ping"})
-
-
-def error_type_for_upstream(error: Any) -> str:
-    """The Anthropic error type for an OpenAI-style error object seen mid-stream."""
-    if isinstance(error, dict):
-        code = error.get("code")
-        if isinstance(code, str) and code.isdigit():
-            code = int(code)
-        if type(code) is int and 400 <= code <= 599:
-            return error_type_for_status(code)
-        for key in ("type", "code"):
-            value = error.get(key)
-            if value in _ERROR_TYPES:
-                return value
-            if value in _OPENAI_ERROR_TYPES:
-                return _OPENAI_ERROR_TYPES[value]
-    return "api_error"
 
 
 class _Tool:

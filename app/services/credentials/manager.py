@@ -25,6 +25,7 @@ from app.services.credentials.refresh import REFRESH_MARGIN_MS, Refresher
 from app.services.credentials.state import CredentialState, PoolStates
 from app.services.credentials.store_sync import StoreSync
 from app.services.oauth import OAuthError
+from config.settings import Settings
 
 log = logging.getLogger("app.services.credentials")
 
@@ -48,7 +49,7 @@ class DomainConfig:
 class CredentialManager:
     """Chooses the credential of each passthrough request and keeps OAuth credentials fresh."""
 
-    def __init__(self, settings, store=None, session: requests.Session | None = None,
+    def __init__(self, settings: Settings, store=None, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.time, state_store=None,
                  on_change: Callable[[str, str | None, str, CredentialState], None] | None = None) -> None:
         self._clock = clock

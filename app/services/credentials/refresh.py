@@ -14,6 +14,7 @@ from app.services.credentials.credential import iso, os_reason
 from app.services.credentials.files import CredentialFile
 from app.services.credentials.store_sync import StoreDown, StoreSync
 from app.services.oauth import OAuthError
+from config.settings import Settings
 
 log = logging.getLogger("app.services.credentials")
 
@@ -31,7 +32,7 @@ def needs_refresh(f: CredentialFile, stale: str | None, now: float) -> bool:
 
 
 class Refresher:
-    def __init__(self, settings, sync: StoreSync, session: requests.Session | None = None,
+    def __init__(self, settings: Settings, sync: StoreSync, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._token_url = settings.oauth_token_url
         self._client_id = settings.oauth_client_id
