@@ -245,9 +245,8 @@ class CredentialManager:
         out = {}
         for domain, pool in self._pools.items():
             if pool.size == 1:
-                f = pool.files[0]
-                f.check_due(now)
-                out[domain] = f.status(now)
+                # the file's status first, then what its answers told (windows, cooling, broken, usage)
+                out[domain] = pool.view(now, usage)[0]
             else:
                 out[domain] = {"pool": pool.view(now, usage)}
         return out
