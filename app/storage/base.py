@@ -99,17 +99,20 @@ class Storage(abc.ABC):
         """(key, phase, data, updated_at) of every credential state."""
         return [(k, p, d, u) for k, (p, d, u) in self._local_states().items()]
 
-    def save_credential_state(self, key: str, data: dict, updated_at: float,
-                              phase: str | None = None) -> tuple[bool, str | None]:
-        """Store a state (kept when the stored one is newer). With `phase`, set the phase too and return
-        (whether this write changed it, the phase before) atomically, so one writer announces each change."""
+    def save_credential_state(self, key: str, data: dict, updated_at: float, phase: str | None = None,
+                              merge=None) -> tuple[bool, str | None]:
+        """Store a state (kept when the stored one is newer; `merge(old, new)` joins the two copies). With `phase`,
+        set the phase too and return (whether this write changed it, the phase before) atomically, so one
+        writer announces each change."""
         states = self._local_states()
         old = states.get(key)
         before = old[0] if old else None
         new_phase = phase or before or "ok"
-        if old is None or updated_at >= old[2] or phase is not None:
-            states[key] = (new_phase, data if old is None or updated_at >= old[2] else old[1],
-                           max(updated_at, old[2] if old else 0.0))
+        newer = old is None or updated_at >= old[2]
+        if old is not None and merge is not None:
+            data, newer = (merge(old[1], data) if newer else merge(data, old[1])), True
+        if newer or phase is not None:
+            states[key] = (new_phase, data if newer else old[1], max(updated_at, old[2] if old else 0.0))
         return (phase is not None and before != phase), before
 
     def sticky_credential(self, conversation: str) -> str | None:

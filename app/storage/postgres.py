@@ -262,8 +262,8 @@ class PostgresStorage(Storage):
         rows = self._query("SELECT key, phase, data, updated_at FROM nexus_credential_state")
         return [(k, p, dict(d), float(u)) for k, p, d, u in rows]
 
-    def save_credential_state(self, key: str, data: dict, updated_at: float,
-                              phase: str | None = None) -> tuple[bool, str | None]:
+    def save_credential_state(self, key: str, data: dict, updated_at: float, phase: str | None = None,
+                              merge=None) -> tuple[bool, str | None]:
         _modules()
         from psycopg.types.json import Jsonb
 
@@ -271,14 +271,18 @@ class PostgresStorage(Storage):
             with conn.transaction():
                 # one writer at a time per credential: the read of the old phase and the write are one step
                 conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self._namespace(conn), _int4("state:" + key)))
-                row = conn.execute("SELECT phase, updated_at FROM nexus_credential_state WHERE key = %s",
+                row = conn.execute("SELECT phase, updated_at, data FROM nexus_credential_state WHERE key = %s",
                                    (key,)).fetchone()
                 before = row[0] if row else None
+                newer = row is None or updated_at >= row[1]
+                if row is not None and merge is not None:
+                    # the newer copy's windows, both copies' cooling and breakage: always worth writing
+                    stored = dict(row[2])
+                    data, newer = (merge(stored, data) if newer else merge(data, stored)), True
                 if row is None:
                     conn.execute("INSERT INTO nexus_credential_state (key, phase, data, updated_at)"
                                  " VALUES (%s, %s, %s, %s)", (key, phase or "ok", Jsonb(data), updated_at))
-                elif phase is not None or updated_at >= row[1]:
-                    newer = updated_at >= row[1]
+                elif phase is not None or newer:
                     conn.execute("UPDATE nexus_credential_state SET phase = %s,"
                                  " data = CASE WHEN %s THEN %s ELSE data END,"
                                  " updated_at = GREATEST(updated_at, %s) WHERE key = %s",

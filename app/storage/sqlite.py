@@ -208,22 +208,29 @@ class SqliteStorage(Storage):
                 continue
         return out
 
-    def save_credential_state(self, key: str, data: dict, updated_at: float,
-                              phase: str | None = None) -> tuple[bool, str | None]:
-        text = json.dumps(data, separators=(",", ":"))
+    def save_credential_state(self, key: str, data: dict, updated_at: float, phase: str | None = None,
+                              merge=None) -> tuple[bool, str | None]:
         with self._lock:
             try:
                 conn = self._ready()
                 conn.execute("BEGIN IMMEDIATE")  # the read and the write are one step for every worker
                 try:
-                    row = conn.execute("SELECT phase, updated_at FROM nexus_credential_state WHERE key = ?",
+                    row = conn.execute("SELECT phase, updated_at, data FROM nexus_credential_state WHERE key = ?",
                                        (key,)).fetchone()
                     before = row[0] if row else None
+                    newer = row is None or updated_at >= row[1]
+                    if row is not None and merge is not None:
+                        try:
+                            stored = json.loads(row[2])
+                        except ValueError:
+                            stored = {}
+                        # the newer copy's windows, both copies' cooling and breakage: always worth writing
+                        data, newer = (merge(stored, data) if newer else merge(data, stored)), True
+                    text = json.dumps(data, separators=(",", ":"))
                     if row is None:
                         conn.execute("INSERT INTO nexus_credential_state (key, phase, data, updated_at)"
                                      " VALUES (?, ?, ?, ?)", (key, phase or "ok", text, updated_at))
-                    elif phase is not None or updated_at >= row[1]:
-                        newer = updated_at >= row[1]
+                    elif phase is not None or newer:
                         conn.execute("UPDATE nexus_credential_state SET phase = ?, data = CASE WHEN ? THEN ? ELSE data"
                                      " END, updated_at = MAX(updated_at, ?) WHERE key = ?",
                                      (phase or before, newer, text, updated_at, key))

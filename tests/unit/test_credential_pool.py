@@ -167,3 +167,25 @@ def test_settings_accept_a_list_and_name_bad_entries():
     assert s.upstreams[0]["api_key"] == "the-key" and s.upstreams[0]["base_url"] == "http://a/v1"
     assert s.upstreams[0]["model_map"] == {"claude-*": "gpt-4.1"}
     assert "the-key" not in repr(s)
+
+
+def test_a_newer_answer_elsewhere_does_not_erase_a_cooling():
+    from app.services.credentials.state import PoolStates
+    from app.storage.sqlite import SqliteStorage
+
+    store = SqliteStorage(":memory:")
+    one, two = PoolStates(store, clock=lambda: NOW), PoolStates(store, clock=lambda: NOW + 1)
+    st = one.get("c1.json")
+    st.learn({"retry-after": "120"}, NOW)
+    st.cool(NOW, "rate limited (429)")
+    one.settle("c1.json", "fp")
+    # the other worker has not pulled yet and learns a newer, ordinary answer, then pushes it
+    two.get("c1.json").learn({"anthropic-ratelimit-unified-status": "allowed",
+                              "anthropic-ratelimit-unified-5h-utilization": "0.2"}, NOW + 1)
+    two.touched("c1.json")
+    two.sync_once()
+    seen = two.get("c1.json")
+    assert seen.cooling_until == NOW + 120 and seen.util_5h == 0.2
+    assert seen.phase("fp", NOW + 1) == "cooling"
+    one.sync_once()
+    assert one.get("c1.json").cooling_until == NOW + 120 and one.get("c1.json").util_5h == 0.2

@@ -183,6 +183,21 @@ class CredentialState:
             return cls(name=name)
 
 
+def merge_states(old: dict | None, new: dict) -> dict:
+    """Two copies of one credential's state as one: the newer windows, the later cooling, any breakage.
+
+    A worker that had not yet heard of a cooling (or a breakage) must not erase it with its own newer answer.
+    """
+    if not old:
+        return new
+    merged = dict(new)
+    if (old.get("cooling_until") or 0) > (new.get("cooling_until") or 0):
+        merged["cooling_until"], merged["cooling_reason"] = old["cooling_until"], old.get("cooling_reason")
+    if old.get("broken") and not new.get("broken"):
+        merged["broken"], merged["broken_fp"] = old["broken"], old.get("broken_fp")
+    return merged
+
+
 class PoolStates:
     """Every pooled credential's state in this worker, kept in step with the store's."""
 
@@ -222,7 +237,8 @@ class PoolStates:
         previous, changed = known, True
         if self.store is not None:
             try:
-                changed, previous = self.store.save_credential_state(name, st.to_dict(), st.updated_at or now, phase)
+                changed, previous = self.store.save_credential_state(name, st.to_dict(), st.updated_at or now, phase,
+                                                                     merge=merge_states)
                 self._store_ok()
             except Exception as exc:
                 self._store_down(exc)
@@ -288,14 +304,20 @@ class PoolStates:
                 st = self._states.get(name)
                 self._dirty.discard(name)
                 if st is not None:
-                    store.save_credential_state(name, st.to_dict(), st.updated_at or now)
+                    store.save_credential_state(name, st.to_dict(), st.updated_at or now, merge=merge_states)
             if self._sticky_new:
                 self._flush_sticky()
             for name, phase, data, updated_at in store.load_credential_states():
                 mine = self._states.get(name)
-                if mine is None or updated_at > mine.updated_at:
-                    self._states[name] = CredentialState.from_dict(name, data)
-                    self._states[name].updated_at = updated_at
+                if mine is None:
+                    merged = data
+                elif updated_at > mine.updated_at:
+                    merged = merge_states(mine.to_dict(), data)
+                else:  # ours is newer, but theirs may know of a cooling or a breakage we have not seen
+                    merged = merge_states(data, mine.to_dict())
+                st = CredentialState.from_dict(name, merged)
+                st.updated_at = max(updated_at, mine.updated_at if mine is not None else 0.0)
+                self._states[name] = st
                 self._phases[name] = phase
             self._store_ok()
         except Exception as exc:
