@@ -119,7 +119,8 @@ class Translator:
             error = read_error_body(resp)
         raise upstream_http_error(resp.status, error, resp.headers, self.upstream_host)
 
-    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences, signing_key: bytes = b"") -> Reply:
+    def _read_answer(self, resp) -> bytes:
+        """The whole JSON answer; an upstream that breaks off while sending it is a 502 naming it."""
         try:
             raw = resp.read()
         except Exception as exc:
@@ -129,6 +130,10 @@ class Translator:
             err.upstream_kind = failure_kind(exc)
             raise err from None
         close_quietly(resp, complete=True)
+        return raw
+
+    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences, signing_key: bytes = b"") -> Reply:
+        raw = self._read_answer(resp)
         try:
             upstream_json = jsoncodec.loads_lenient(raw)
             if not isinstance(upstream_json, dict):
@@ -167,15 +172,7 @@ class Translator:
         return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
 
     def _responses_json(self, resp, rec: RequestRecord, model: str, estimate: int) -> Reply:
-        try:
-            raw = resp.read()
-        except Exception as exc:
-            close_quietly(resp)
-            err_type, message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
-            err = ProxyError(502, message, err_type)
-            err.upstream_kind = failure_kind(exc)
-            raise err from None
-        close_quietly(resp, complete=True)
+        raw = self._read_answer(resp)
         try:
             message = responses_to_anthropic(jsoncodec.loads_lenient(raw), model=model, signing_key=self.thinking_key.get(),
                                              input_tokens=estimate)
