@@ -46,7 +46,11 @@ class Services:
         self.telemetry = Telemetry(settings)
         self.slack = Slack(settings)
         store = self.storage if getattr(self.storage, "supports_credentials", False) else None
-        self.credentials = CredentialManager(settings, store=store)
+        self.credentials = CredentialManager(settings, store=store, state_store=self.storage,
+                                             on_change=self._credential_changed)
+        for upstream in settings.upstreams:
+            if upstream.get("api_key"):
+                register_secret(upstream["api_key"])
         # Client keys with limits (app/keys): the store's keys table and the shared rate-limit state
         from .keys.service import ClientKeys
 
@@ -75,6 +79,7 @@ class Services:
         self.translator = Translator(settings, self.upstream, self.recorder, ThinkingKey(settings, store))
         self.passthrough = Passthrough(settings, self.upstream, self.credentials, self.recorder)
         self._running = False
+        self._sync_stop = None  # set while the credential-state sync greenlet runs
 
     def start(self) -> None:
         """Start the background greenlets (flusher, reporter, telemetry, Slack)."""
@@ -88,11 +93,28 @@ class Services:
         self.metrics.start()
         self.telemetry.start()
         self.slack.start()
+        if self.settings.domain_credential_mapping and not self.settings.translation:
+            import gevent
+            import gevent.event
+
+            self._sync_stop = gevent.event.Event()
+            self._sync = gevent.spawn(self.credentials.states.run, self._sync_stop)
+
+    def _credential_changed(self, name: str, previous, phase: str, state) -> None:
+        """A pooled credential cooled down, broke or recovered: tell Slack (the store made this worker the one)."""
+        from .services.notifications import credential_notice
+
+        log.warning("credential %s: %s -> %s", name, previous or "ok", phase)
+        self.slack.notice(credential_notice(name, previous, phase, state),
+                          self.credentials.slack_for_credential(name))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush usage and notifications (graceful shutdown). Safe to call more than once."""
         self._running = False
         self.client_keys.stop()
+        if self._sync_stop is not None:
+            self._sync_stop.set()
+            self.credentials.states.sync_once()
         for part in (self.accounting, self.telemetry, self.slack):
             try:
                 if part is self.accounting:

@@ -37,10 +37,10 @@ def listen_url(host: str, port: int) -> str:
     return f"http://{name}:{port}"
 
 
-def _files_with_client_key(mapping: dict) -> int:
+def _files_with_client_key(settings) -> int:
     """How many mapped credential files carry a `client_api_key` (unreadable files count as none)."""
     count = 0
-    for path in set(mapping.values()):
+    for path in {path for _, path in settings.credential_files}:
         try:
             with open(os.path.expanduser(str(path)), encoding="utf-8") as fh:
                 data = json.load(fh)
@@ -93,7 +93,7 @@ def banner_lines(settings, *, workers: int | None = None) -> list[str]:
     base_url = listen_url(settings.host, settings.port)
     workers = settings.workers if workers is None else workers
     upstream = settings.anthropic_proxy_base_url if settings.translation else settings.anthropic_base_url
-    domain_keys = _files_with_client_key(settings.domain_credential_mapping)
+    domain_keys = _files_with_client_key(settings)
     if settings.proxy_api_keys:
         access = f"on ({len(settings.proxy_api_keys)} key(s) in PROXY_API_KEYS)"
     elif domain_keys:

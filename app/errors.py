@@ -98,6 +98,7 @@ class ProxyError(Exception):
     """
 
     upstream_kind: str | None = None
+    upstream_status: int | None = None  # the status the upstream answered with, when it answered
 
     def __init__(
         self,

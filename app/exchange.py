@@ -27,6 +27,7 @@ class Incoming:
     identity: Identity | None = None  # what that key matched (app.services.access)
     # A client key's rules and limits (app/keys), applied by `admit` before any upstream call.
     admitter: Callable[[str | None], None] | None = None
+    config: object = None  # the host's DomainConfig, resolved once per request
 
     def admit(self, model: str | None) -> None:
         """403/429 before the upstream is called, when the request's client key forbids it; else nothing."""

@@ -29,6 +29,9 @@ class RequestRecord:
     api_key_masked: str | None = None  # already masked; never the raw key
     auth_type: str | None = None  # "api_key" | "oauth" | None
     upstream_error: str | None = None  # how the upstream failed, if it did (app.services.metrics kinds)
+    # Credential pools and fallback upstreams: which credential file (by name) or upstream served it.
+    credential: str | None = None
+    slack_override: dict | None = field(default=None, repr=False)
     # For Slack only; kept short by the producer.
     user_text: str | None = None
     assistant_text: str | None = None

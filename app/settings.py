@@ -15,6 +15,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 DEFAULT_UPSTREAM = "https://models.github.ai/inference"
 DEFAULT_MODEL = "openai/gpt-4.1"
 UPSTREAM_APIS = ("chat", "responses")
+UPSTREAM_PROFILES = ("auto", "openai", "openrouter", "deepseek", "github", "vllm", "llamacpp", "ollama", "generic")
 
 
 class SettingsError(ValueError):
@@ -94,6 +95,90 @@ class _ModelMap(fields.Field):
         return models, apis
 
 
+class _CredentialMapping(_JsonObject):
+    """DOMAIN_CREDENTIAL_MAPPING: host -> a credential file, or a list of them in order of preference (a pool)."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
+        if isinstance(value, Mapping):
+            obj = value
+        else:
+            text = str(value).strip()
+            if not text:
+                return {}
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise ValidationError(f"must be a JSON object ({exc.msg} at position {exc.pos})")
+        if not isinstance(obj, dict):
+            raise ValidationError("must be a JSON object of strings")
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, list) and v and all(isinstance(p, str) and p for p in v):
+                out[k] = list(v)
+            elif isinstance(v, str) and v:
+                out[k] = v
+            else:
+                raise ValidationError(f"must be a JSON object of strings; the value for {k!r} is not a non-empty "
+                                      "string or list of strings")
+        return out
+
+
+class _Upstreams(fields.Field):
+    """UPSTREAMS: a JSON list of {"name", "base_url", "api_key" | "api_key_env", "model_map", "api", "profile"}."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> tuple:
+        text = str(value).strip()
+        try:
+            items = json.loads(text) if text else []
+        except ValueError as exc:
+            raise ValidationError(f"must be a JSON list ({exc.msg} at position {exc.pos})")
+        if not isinstance(items, list):
+            raise ValidationError("must be a JSON list of upstream objects")
+        out, names = [], set()
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ValidationError(f"entry {i} is not an object")
+            unknown = set(item) - _UPSTREAM_KEYS
+            if unknown:
+                raise ValidationError(f"entry {i} has an unknown key {sorted(unknown)[0]!r}")
+            url = item.get("base_url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValidationError(f"entry {i}: base_url must be an http(s) URL")
+            name = item.get("name") or f"upstream-{i + 1}"
+            if not isinstance(name, str) or name in names:
+                raise ValidationError(f"entry {i}: name must be a unique string")
+            names.add(name)
+            key = item.get("api_key")
+            env_name = item.get("api_key_env")
+            if key is not None and not isinstance(key, str):
+                raise ValidationError(f"entry {i}: api_key must be a string")
+            if env_name is not None and (not isinstance(env_name, str) or not env_name):
+                raise ValidationError(f"entry {i}: api_key_env must be a variable name")
+            api = item.get("api")
+            if api is not None and api not in UPSTREAM_APIS:
+                raise ValidationError(f"entry {i}: api must be 'chat' or 'responses'")
+            profile = item.get("profile")
+            if profile is not None and (not isinstance(profile, str) or profile.lower() not in UPSTREAM_PROFILES):
+                raise ValidationError(f"entry {i}: profile must be one of {', '.join(UPSTREAM_PROFILES)}")
+            model_map = item.get("model_map")
+            if model_map is not None and not isinstance(model_map, dict):
+                raise ValidationError(f"entry {i}: model_map must be a JSON object")
+            models, apis = {}, {}
+            if model_map:
+                # the same rules as MODEL_MAP, whatever values those allow
+                try:
+                    models, apis = _ModelMap().deserialize(model_map)
+                except ValidationError as exc:
+                    raise ValidationError(f"entry {i}: model_map {exc.messages[0] if exc.messages else 'is invalid'}")
+            out.append({"name": name, "base_url": url.rstrip("/"), "api_key": key or None, "api_key_env": env_name,
+                        "model_map": models, "model_apis": apis, "api": api,
+                        "profile": profile.lower() if profile else None})
+        return tuple(out)
+
+
+_UPSTREAM_KEYS = frozenset({"name", "base_url", "api_key", "api_key_env", "model_map", "api", "profile"})
+
+
 class _KeyList(fields.Field):
     def _deserialize(self, value: Any, attr, data, **kwargs) -> tuple:
         return tuple(k.strip() for k in str(value).split(",") if k.strip())
@@ -148,7 +233,7 @@ class SettingsSchema(Schema):
     completion_max_tokens = _positive_int(data_key="COMPLETION_MAX_TOKENS")
     model_map = _ModelMap(data_key="MODEL_MAP")
     claude_api_key = fields.String(data_key="CLAUDE_API_KEY")
-    domain_credential_mapping = _JsonObject(data_key="DOMAIN_CREDENTIAL_MAPPING")
+    domain_credential_mapping = _CredentialMapping(data_key="DOMAIN_CREDENTIAL_MAPPING")
     strict_domain_mapping = _Bool(data_key="STRICT_DOMAIN_MAPPING")
     anthropic_base_url = _url(data_key="CLAUDE_API_BASE_URL")
     oauth_token_url = _url(data_key="OAUTH_TOKEN_URL")
@@ -200,8 +285,7 @@ class SettingsSchema(Schema):
         UPSTREAM_APIS, error="must be 'chat' or 'responses'"))
     # Translation fidelity: upstream profile, server-tool policy, the key that signs proxy-made thinking.
     upstream_profile = fields.String(data_key="UPSTREAM_PROFILE", validate=validate.OneOf(
-        ["auto", "openai", "openrouter", "deepseek", "github", "vllm", "llamacpp", "ollama", "generic"],
-        error="must be auto, openai, openrouter, deepseek, github, vllm, llamacpp, ollama or generic"))
+        UPSTREAM_PROFILES, error="must be " + ", ".join(UPSTREAM_PROFILES[:-1]) + " or " + UPSTREAM_PROFILES[-1]))
     server_tools = fields.String(data_key="SERVER_TOOLS", validate=validate.OneOf(
         ["error", "drop"], error="must be 'error' or 'drop'"))
     thinking_signing_key = fields.String(data_key="THINKING_SIGNING_KEY", validate=validate.Length(
@@ -213,6 +297,10 @@ class SettingsSchema(Schema):
     metrics_max_models = _positive_int(data_key="METRICS_MAX_MODELS")
     usage_journal = _Bool(data_key="USAGE_JOURNAL")
     usage_journal_dir = fields.String(data_key="USAGE_JOURNAL_DIR", validate=validate.Length(min=1))
+    # Credential pools (passthrough) and fallback upstreams (translation)
+    pool_switch_at = fields.Float(data_key="POOL_SWITCH_AT_UTILIZATION", validate=validate.Range(
+        min=0, max=1, error="must be a number from 0 to 1"), error_messages={"invalid": "must be a number"})
+    upstreams = _Upstreams(data_key="UPSTREAMS")
 
 
 @dataclass(frozen=True)
@@ -282,6 +370,9 @@ class Settings:
     metrics_max_models: int = 200
     usage_journal: bool = True
     usage_journal_dir: str | None = None  # default: usage-journal/ next to USAGE_DB_PATH
+    # Credential pools (passthrough) and fallback upstreams (translation)
+    pool_switch_at: float | None = None
+    upstreams: tuple = field(default=(), repr=False)
 
     @property
     def max_body_bytes(self) -> int:
@@ -290,6 +381,12 @@ class Settings:
     @property
     def max_sse_event_bytes(self) -> int:
         return int(self.max_sse_event_mb * 1024 * 1024)
+
+    @property
+    def credential_files(self) -> list[tuple[str, str]]:
+        """(domain, file) for every mapped credential file, a pool's in its order."""
+        return [(domain, path) for domain, entry in self.domain_credential_mapping.items()
+                for path in (entry if isinstance(entry, list) else (entry,))]
 
     @property
     def translation(self) -> bool:
@@ -318,6 +415,10 @@ class Settings:
             raise SettingsError(variable, problem) from None
         if "model_map" in loaded:
             loaded["model_map"], loaded["model_apis"] = loaded["model_map"]
+        if loaded.get("upstreams"):
+            loaded["upstreams"] = tuple(
+                dict(u, api_key=(environ.get(u["api_key_env"]) or "").strip() or u["api_key"]) if u["api_key_env"] else u
+                for u in loaded["upstreams"])
         if loaded.get("debug") and "log_level" not in loaded:
             loaded["log_level"] = "DEBUG"
         return cls(**loaded)

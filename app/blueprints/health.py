@@ -37,13 +37,24 @@ def health():
             "strictDomainMapping": settings.strict_domain_mapping,
         },
         "upstreamKey": _key_status(settings),
-        "credentials": services.credentials.status(),
+        "credentials": services.credentials.status(_credential_usage(services)),
+        "upstreams": services.translator.upstreams.view() if settings.translation else None,
         "storage": storage,
         "clientKeys": client_keys,
         "telemetry": services.telemetry.status(),
         "slack": services.slack.status(),
     })
     return jsonify(body)
+
+
+def _credential_usage(services) -> dict | None:
+    """Requests and tokens per pooled credential, when any pool is configured and the store answers."""
+    if not any(isinstance(v, list) for v in services.settings.domain_credential_mapping.values()):
+        return None
+    try:
+        return services.accounting.credential_stats()
+    except Exception:  # the health page must answer even when the store does not
+        return None
 
 
 def _key_status(settings) -> dict:

@@ -46,8 +46,10 @@ def _handle(kind: str) -> Response:
         mode=settings.proxy_mode, started=started, method=request.method, path=request.path,
     )
     try:
+        config = services.credentials.domain_config(host)
+        rec.slack_override = config.slack
         try:
-            identity = services.access.check(host, headers)
+            identity = services.access.check(host, headers, config)
         except ProxyError:
             rec.domain = services.domains.for_request(host, refused=True)
             raise
@@ -66,7 +68,7 @@ def _handle(kind: str) -> Response:
             raise body_too_large(limit)
         logs.debug_incoming(rec.request_id, request.method, request.url, headers, body)
         inc = Incoming(request.method, request.path, request.query_string.decode("latin-1"), host, headers, body,
-                       rec, identity.key if identity else None, identity, admitter)
+                       rec, identity.key if identity else None, identity, admitter, config)
         if settings.translation:
             if kind == "messages":
                 reply = services.translator.messages(inc)

@@ -10,6 +10,7 @@ from ..storage import StorageError
 
 bp = Blueprint("stats", __name__)
 
+_GROUPS = ("domain", "key", "credential")
 _LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
 
 
@@ -20,21 +21,26 @@ def token_stats():
         services.access.require_admin(request.headers)
     since = _time_arg("since")
     until = _time_arg("until")
+    group_by = request.args.get("group_by") or "domain"
+    if group_by not in _GROUPS:
+        raise invalid_request("group_by: must be 'domain', 'key' or 'credential'")
     accounting = services.accounting
     try:
-        stats = accounting.stats(since, until)
+        if group_by == "credential":
+            stats = accounting.credential_stats(since, until)
+        else:
+            stats = accounting.stats(since, until)
         models = accounting.model_stats(since, until)
     except StorageError as exc:
         raise ProxyError(503, f"The usage store is unavailable ({exc}); usage is buffered and will be written "
                               "when it is back", "api_error") from None
     body = {"status": "ok", "stats": stats, "timestamp": _iso(datetime.now(timezone.utc))}
+    if group_by != "domain":
+        body["groupBy"] = group_by
     if since is not None or until is not None:
         body["range"] = {"since": _iso_or_none(since), "until": _iso_or_none(until)}
     body["models"] = models
     body["totals"] = _totals(stats)
-    group_by = request.args.get("group_by")
-    if group_by not in (None, "", "domain", "key"):
-        raise invalid_request("group_by: must be 'domain' or 'key'")
     if group_by == "key":
         try:
             body["keys"] = services.client_keys.store.usage_by_key(since, until)

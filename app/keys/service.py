@@ -121,7 +121,7 @@ class ClientKeys:
     def has_keys(self) -> bool:
         return self.any_keys
 
-    def match(self, presented_key: str, host: str):
+    def match(self, presented_key: str, host: str, config=None):
         """The identity one of our keys opens on `host` (None for anything else, or a key refused)."""
         from ..services.access import Identity
 

@@ -43,8 +43,10 @@ class KeySource(Protocol):
     def has_keys(self) -> bool:
         """Whether this source holds at least one key (then every request needs one)."""
 
-    def match(self, presented_key: str, host: str) -> Identity | None:
-        """The identity `presented_key` opens on `host`, else None. Compare in constant time."""
+    def match(self, presented_key: str, host: str, config=None) -> Identity | None:
+        """The identity `presented_key` opens on `host`, else None. Compare in constant time.
+
+        `config` is the host's DomainConfig when the request already resolved it."""
 
 
 def _matches(raw: bytes, keys: Sequence[bytes]) -> bool:
@@ -64,14 +66,14 @@ class ProxyKeys:
     def has_keys(self) -> bool:
         return bool(self._keys)
 
-    def match(self, presented_key: str, host: str) -> Identity | None:
+    def match(self, presented_key: str, host: str, config=None) -> Identity | None:
         if self._keys and _matches(presented_key.encode(), self._keys):
             return Identity("proxy_key", "PROXY_API_KEYS", None, True, presented_key)
         return None
 
 
 class DomainKeys:
-    """Each mapped credential file's `client_api_key`: a key for that domain only.
+    """Each mapped credential file's `client_api_key`: a key for that domain only (any of a pool's files).
 
     A value that is not a non-empty string (a number, a list, blanks) protects its domain with no key
     that could match: refused rather than open. Start-up refuses such a file (`check_client_key_files`).
@@ -82,15 +84,14 @@ class DomainKeys:
         self._domains = tuple(host_without_port(d) for d in domains)
 
     def has_keys(self) -> bool:
-        field = self._credentials.file_field
-        return any(field(d, "client_api_key") is not None for d in self._domains)
+        return self._credentials.any_client_keys()
 
-    def match(self, presented_key: str, host: str) -> Identity | None:
-        value = self._credentials.file_field(host, "client_api_key")
-        if value is None:
+    def match(self, presented_key: str, host: str, config=None) -> Identity | None:
+        values = (config if config is not None else self._credentials.domain_config(host)).client_api_keys
+        if not values:
             return None
-        key = value.encode() if isinstance(value, str) and value.strip() else b"\0unusable"
-        if _matches(presented_key.encode(), (key,)):
+        keys = tuple(v.encode() if isinstance(v, str) and v.strip() else b"\0unusable" for v in values)
+        if _matches(presented_key.encode(), keys):
             return Identity("domain_key", host, host, False, presented_key)
         return None
 
@@ -116,24 +117,26 @@ class AccessControl:
         """Whether any client key exists, in any source."""
         return any(source.has_keys() for source in self.sources)
 
-    def check(self, host: str, headers: Mapping[str, str]) -> Identity | None:
+    def check(self, host: str, headers: Mapping[str, str], config=None) -> Identity | None:
         """The identity of a `/v1/*` request (None when no client key exists); a 401 when it may not pass.
 
-        `headers` have lower-case names.
+        `headers` have lower-case names; `config` is the host's DomainConfig when the caller has resolved it.
         """
-        if self.credentials.mapped_but_unreadable(host):
+        if config is None:
+            config = self.credentials.domain_config(host)
+        if config.unreadable:
             # fail closed: the unreadable file may carry the key that protects this domain
             raise ProxyError(401, "The credential file for this domain cannot be read, so its access key is "
                                   "unknown; the proxy refuses its requests until the file is fixed",
                              "authentication_error")
         enabled = self.enabled
-        if self._strict and (enabled or self._lends_server_key) and not self.credentials.is_mapped(host):
+        if self._strict and (enabled or self._lends_server_key) and config.pool is None:
             raise ProxyError(401, f"Host '{host[:253]}' is not in DOMAIN_CREDENTIAL_MAPPING, and strict domain "
                                   "mapping is on", "authentication_error")
         if not enabled:
             return None
         key = presented_key(headers)
-        identity = self._match(key, host) if key else None
+        identity = self._match(key, host, config) if key else None
         if identity is None:
             for source in self.sources:
                 # a source may say why its own key is refused (revoked, expired); an unknown key gets no detail
@@ -157,10 +160,10 @@ class AccessControl:
             raise ProxyError(401, "This view needs an admin key: one of PROXY_API_KEYS, as x-api-key or "
                                   "Authorization: Bearer", "authentication_error")
 
-    def _match(self, key: str, host: str) -> Identity | None:
+    def _match(self, key: str, host: str, config=None) -> Identity | None:
         found = None
         for source in self.sources:  # every source compares, whichever matches
-            identity = source.match(key, host)
+            identity = source.match(key, host, config)
             if identity is not None and (found is None or (identity.admin and not found.admin)):
                 found = identity
         return found

@@ -358,6 +358,12 @@ class Accounting:
         self._flush_for_read()
         return self.storage.model_stats(since, until, domain)
 
+    def credential_stats(self, since: float | None = None, until: float | None = None,
+                         domain: str | None = None) -> dict:
+        """Usage per credential file (by name). Raises StorageError if the store is down."""
+        self._flush_for_read()
+        return self.storage.credential_stats(since, until, domain)
+
     def _flush_for_read(self) -> None:
         # If the write failed but the store still answers (say, SQLite busy for too long), show what
         # it has rather than nothing; if it is down, say so at once instead of waiting again.

@@ -18,17 +18,21 @@ def check_client_key_files(settings: Settings) -> None:
     Left alone it would protect nothing the operator meant it to. Unreadable files are not judged here:
     they are warned about, and their domain is refused until they can be read.
     """
-    for domain, configured in settings.domain_credential_mapping.items():
-        path = os.path.abspath(os.path.expanduser(str(configured)))
-        try:
-            with open(path, "rb") as fh:
-                data = json.loads(fh.read())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict) or "client_api_key" not in data:
-            continue
-        value = data["client_api_key"]
-        if not isinstance(value, str) or not value.strip():
-            found = "a blank string" if isinstance(value, str) else f"a {type(value).__name__}"
-            raise SettingsError("DOMAIN_CREDENTIAL_MAPPING", f"{configured} ({domain}): client_api_key must be a "
-                                                             f"non-empty string, not {found}")
+    for domain, configured in settings.credential_files:
+        _check_file(domain, configured)
+
+
+def _check_file(domain: str, configured: str) -> None:
+    path = os.path.abspath(os.path.expanduser(str(configured)))
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
+        return
+    if not isinstance(data, dict) or "client_api_key" not in data:
+        return
+    value = data["client_api_key"]
+    if not isinstance(value, str) or not value.strip():
+        found = "a blank string" if isinstance(value, str) else f"a {type(value).__name__}"
+        raise SettingsError("DOMAIN_CREDENTIAL_MAPPING", f"{configured} ({domain}): client_api_key must be a "
+                                                         f"non-empty string, not {found}")

@@ -348,6 +348,32 @@ class Slack(_Sender):
         out.append((target["url"], self._payload(slack_assistant_text(rec), target)))
         return out
 
+    def notice(self, text: str, slack_override: dict | None = None) -> None:
+        """Queue one operator notice (a credential's change of state), masked like every post."""
+        target = self.target(slack_override)
+        if target is not None:
+            self._enqueue((_Notice(mask_text(text)[:SLACK_TEXT_LIMIT]), target))
+
     def _messages(self, item: tuple) -> list[tuple[str, dict]]:
         rec, target = item
+        if isinstance(rec, _Notice):
+            register_secret(target["url"])
+            return [(target["url"], self._payload(rec.text, target))]
         return self._build(rec, target)
+
+
+class _Notice:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def credential_notice(name: str, previous: str | None, phase: str, state) -> str:
+    """The Slack text for a credential's change of state (its name only, never its secret)."""
+    if phase == "cooling":
+        until = datetime.fromtimestamp(state.cooling_until, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"⏸️ Credential {name} is cooling down until {until} ({state.cooling_reason or 'rate limited'})"
+    if phase == "broken":
+        return f"⛔ Credential {name} is broken: {state.broken or 'refused'}; it stays out until its file changes"
+    return f"✅ Credential {name} has recovered (was {previous or 'unknown'})"

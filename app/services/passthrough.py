@@ -3,15 +3,21 @@ the answer comes back unchanged while a side parser reads the usage for accounti
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import quote
 
+import urllib3
+
 from .. import jsoncodec, logs
+from ..client_key import presented_key
+from ..conversation import conversation_key
 from ..errors import (ProxyError, error_json, error_type_for_status, from_upstream, sse_error_event,
                      upstream_error_message, upstream_host)
 from ..exchange import Incoming, Reply
 from ..records import RequestRecord
 from ..masking import mask_text
 from .credentials import CredentialManager
+from .credentials.pool import NEXT
 from .headers import forward_headers, response_headers
 from .recording import Recorder, last_user_text
 from .relay import failure_kind, relay_stream, status_kind, stream_failure
@@ -56,37 +62,32 @@ class Passthrough:
         self.upstream_host = upstream_host(self.base)
         self._slack_global = bool(settings.slack_webhook_url and settings.slack_enabled)
 
-    def slack_for(self, domain: str) -> bool:
-        return self._slack_global or bool(self.credentials.slack_override_for(domain))
+    def slack_for(self, rec: RequestRecord) -> bool:
+        return self._slack_global or bool(rec.slack_override)
 
     def forward(self, inc: Incoming) -> Reply:
         rec = inc.record
         accounted = inc.method == "POST" and inc.path in _ACCOUNTED_PATHS
-        if accounted and inc.body:
-            _describe(inc, rec)
+        parsed = _describe(inc, rec) if accounted and inc.body else None
         if inc.method == "POST" and inc.path == "/v1/messages":
             inc.admit(rec.model_requested)
         client_headers = inc.headers
         if inc.client_key:
             # the proxy's own access key is never forwarded, nor taken for an Anthropic credential
             client_headers = {k: v for k, v in client_headers.items() if k not in ("x-api-key", "authorization")}
-        credential = self.credentials.resolve(inc.host, client_headers)
-        rec.api_key_masked = credential.masked
-        rec.auth_type = credential.kind
+        config = inc.config if inc.config is not None else self.credentials.domain_config(inc.host)
         url = self.base + upstream_path(inc.path) + (("?" + inc.query_string) if inc.query_string else "")
         body = inc.body if inc.method not in ("GET", "HEAD") else None
-        headers = forward_headers(client_headers, credential)
-        logs.debug_outgoing(rec.request_id, url, headers, inc.body, "OAuth" if credential.kind == "oauth" else "API Key")
-        resp = self._send_handling_refresh(inc.method, url, headers, body, credential,
-                                           sent=lambda: self.recorder.begin(rec))
+        resp, served_by = self._send_handling_pool(inc, config, client_headers, url, body, parsed)
         rec.status = resp.status
         if resp.status >= 400:
             rec.upstream_error = status_kind(resp.status)
         out_headers = response_headers(resp.headers)
+        out_headers.extend(served_by)
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             rec.stream = True
             # The answer's text is only needed for Slack; skipping it saves parsing every text delta.
-            plug = RelayedStream(self.slack_for(rec.domain), self.settings.max_sse_event_bytes)
+            plug = RelayedStream(self.slack_for(rec), self.settings.max_sse_event_bytes)
             body = relay_stream(resp, rec, plug, self.recorder, shutting_down=lambda: self.upstream.shutting_down,
                                 host=self.upstream_host)
             return Reply(resp.status, out_headers, body, streaming=True)
@@ -118,18 +119,103 @@ class Passthrough:
                 data = _masked(data)
         return Reply(status_out, out_headers, data, lambda: self.recorder.finish(rec))
 
-    def _send_handling_refresh(self, method: str, url: str, headers: dict, body: bytes | None, credential,
-                               sent=None):
-        """Send the request; after a 401 on a domain's OAuth token, refresh it and resend once.
-        `sent()` runs once the request is on the wire (the accounting journals it then)."""
-        resp = self.upstream.send(method, url, headers, body, on_sent=sent)
+    # -- the resend layers, outermost first ----------------------------------------------------
+
+    def _send_handling_pool(self, inc: Incoming, config, client_headers, url: str, body: bytes | None,
+                            parsed: dict | None):
+        """Send on the domain's pool: a 429 (or rejected) cools the credential and a 401 that survives a refresh
+        breaks it, and the request goes on to the next usable one; a 529 moves on too, UPSTREAM_MAX_RETRIES
+        bounding the tries. Only answers whose body was not read are re-sent, so a started stream never is.
+        Returns the response and the proxy's own headers naming what served it.
+        """
+        rec = inc.record
+        pool = config.pool
+        if pool is None or pool.size == 1:
+            credential, f = self.credentials.choose(config, client_headers)
+            resp = self._send_with(inc, url, client_headers, body, credential, first=True)
+            if f is None:
+                return resp, []
+            rec.credential = f.name
+            if pool is not None:
+                self._observe_single(pool, f, resp)
+            return resp, [("x-nexus-credential", f.name)]
+        conversation = conversation_key(parsed, inc.client_key or presented_key(inc.headers)) if parsed else None
+        budget = self.settings.read_timeout or 0.0
+        tried: list = []
+        overloaded = 0
+        bound = self.settings.max_retries + 1
+        while True:
+            credential, f = self.credentials.choose(config, client_headers, conversation, tried)
+            resp = self._send_with(inc, url, client_headers, body, credential, self._time_left(rec.started, budget),
+                                   first=not tried)
+            now = time.time()
+            pool.learn(f, resp.headers, now)
+            tried.append(f)
+            rec.credential = f.name
+            served = [("x-nexus-credential", f.name)] + ([("x-nexus-tries", str(len(tried)))] if len(tried) > 1 else [])
+            if resp.status == 401:
+                pool.broken(f, "refused with 401 after a refresh" if credential.kind == "oauth"
+                            else "refused with 401 (API key)", now)
+                why = "unauthorized"
+            else:
+                verdict = pool.judge(f, resp.status, now)
+                if verdict.action != NEXT:
+                    return resp, served
+                why = verdict.reason
+                if why == "overloaded":
+                    overloaded += 1
+                    if overloaded >= bound:
+                        return resp, served
+            if pool.pick(None, tried, now) is None or (budget and time.perf_counter() - rec.started >= budget):
+                if why == "rate_limited" or why == "unauthorized":
+                    close_quietly(resp)
+                    raise pool.unavailable(now)
+                return resp, served
+            log.info("credential %s: %s; %s re-sent on the next credential", f.name, why, rec.request_id)
+            close_quietly(resp)
+
+    def _send_with(self, inc: Incoming, url: str, client_headers, body: bytes | None, credential,
+                   timeout: urllib3.Timeout | None = None, *, first: bool):
+        """One credential's try: its headers, then the send (a pool passes the time left and keeps 429/529 to
+        itself). The first try journals the request once it is on the wire, in case the worker dies."""
+        rec = inc.record
+        rec.api_key_masked = credential.masked
+        rec.auth_type = credential.kind
+        headers = forward_headers(client_headers, credential)
+        logs.debug_outgoing(rec.request_id, url, headers, inc.body, "OAuth" if credential.kind == "oauth" else "API Key")
+        kw = {"retry_statuses": _POOL_RETRY_STATUSES, "timeout": timeout} if timeout is not None else {}
+        if first:
+            kw["on_sent"] = lambda: self.recorder.begin(rec)
+        return self._send_handling_refresh(inc.method, url, headers, body, credential, **kw)
+
+    def _send_handling_refresh(self, method: str, url: str, headers: dict, body: bytes | None, credential, **kw):
+        """Send the request; after a 401 on a domain's OAuth token, refresh it and resend once."""
+        resp = self.upstream.send(method, url, headers, body, **kw)
         if resp.status == 401 and credential.kind == "oauth" and credential.source == "domain":
             renewed = self.credentials.refresh_after_unauthorized(credential)
             if renewed is not None:
                 close_quietly(resp)
                 renewed.apply(headers)
-                resp = self.upstream.send(method, url, headers, body, on_sent=sent)
+                kw.pop("on_sent", None)  # journaled by the first send
+                resp = self.upstream.send(method, url, headers, body, **kw)
         return resp
+
+    def _time_left(self, started: float, budget: float) -> urllib3.Timeout:
+        """This try's timeouts: the configured ones, cut to what is left of the request's time."""
+        s = self.settings
+        if not budget:
+            return urllib3.Timeout(connect=s.connect_timeout or None, read=s.read_timeout or None)
+        left = max(0.5, budget - (time.perf_counter() - started))
+        return urllib3.Timeout(connect=min(s.connect_timeout or left, left), read=min(s.read_timeout or left, left))
+
+    def _observe_single(self, pool, f, resp) -> None:
+        """A lone credential is always used; its answers still feed its state for GET / and Slack."""
+        now = time.time()
+        pool.learn(f, resp.headers, now)
+        if resp.status == 401:
+            pool.broken(f, "refused with 401 after a refresh" if f.kind == "oauth" else "refused with 401 (API key)", now)
+        else:
+            pool.judge(f, resp.status, now)
 
 
 class RelayedStream:
@@ -209,6 +295,10 @@ class RelayedStream:
         return usage
 
 
+# A pool handles 429 and 529 itself (the next credential); only a 503 is worth the same credential again.
+_POOL_RETRY_STATUSES = frozenset({503})
+
+
 def _masked(data: bytes) -> bytes:
     """An upstream error as relayed: an echoed credential ("invalid x-api-key sk-ant-…") masked."""
     text = data.decode("utf-8", "replace")
@@ -223,30 +313,31 @@ def _events_end(buf: bytes) -> int:
                ends[2] + 2 if ends[2] >= 0 else 0)
 
 
-def _describe(inc: Incoming, rec: RequestRecord) -> None:
-    """Model, stream flag, request type and user text, read from the body for accounting only.
-
-    It never fails the request: whatever the body holds, the upstream judges it.
+def _describe(inc: Incoming, rec: RequestRecord) -> dict | None:
+    """Model, stream flag, request type and user text, read from the body for accounting (and the pool's
+    conversation key). It never fails the request: whatever the body holds, the upstream judges it.
     """
     try:
-        _read_description(inc, rec)
+        return _read_description(inc, rec)
     except Exception:
         log.debug("the request body could not be described for accounting", exc_info=True)
+        return None
 
 
-def _read_description(inc: Incoming, rec: RequestRecord) -> None:
+def _read_description(inc: Incoming, rec: RequestRecord) -> dict | None:
     try:
         body = jsoncodec.loads_lenient(inc.body)
-    except ValueError:
-        return
+    except (ValueError, RecursionError):
+        return None
     if not isinstance(body, dict):
-        return
+        return None
     model = body.get("model")
     rec.model_requested = rec.model_used = model if isinstance(model, str) else None
     rec.stream = body.get("stream") is True
     rec.request_type = classify_request(body)
     if inc.path == "/v1/messages":
         rec.user_text = last_user_text(body)
+    return body
 
 
 def _account_json(rec: RequestRecord, data: bytes, path: str) -> bool:

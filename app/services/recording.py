@@ -43,7 +43,7 @@ class Recorder:
             if self.metrics is not None:
                 self.metrics.request_finished(rec)
             self.telemetry.submit(rec)
-            self.slack.submit(rec, self.credentials.slack_override_for(rec.domain))
+            self.slack.submit(rec, rec.slack_override)
             log_access_record(rec)
         except Exception:  # accounting must never break a request
             log.exception("recording request %s failed", rec.request_id)

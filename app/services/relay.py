@@ -125,6 +125,7 @@ def upstream_http_error(status: int, body: bytes, headers, host: str) -> ProxyEr
         extra["retry-after"] = retry_after
     err = ProxyError(status, upstream_error_message(status, body, host), error_type_for_status(status), extra)
     err.upstream_kind = status_kind(status)
+    err.upstream_status = status
     return err
 
 

@@ -2,21 +2,25 @@
 an Anthropic answer back."""
 from __future__ import annotations
 
+import logging
+import time
+
+import urllib3
 
 from .. import jsoncodec, logs
 from ..client_key import presented_key
-from ..errors import ProxyError, from_upstream, invalid_request, status_for_error_type, upstream_host
+from ..errors import ProxyError, from_upstream, invalid_request, status_for_error_type
 from ..exchange import SSE_HEADERS, Incoming, Reply, json_reply
 from ..masking import mask_secret
 from ..records import RequestRecord
+from .fallback import Upstream, Upstreams
 from .headers import translation_headers
 from .recording import Recorder, last_user_text
 from .relay import failure_kind, read_error_body, relay_stream, stream_failure, upstream_http_error
 from .upstream import UpstreamClient, close_quietly
 from ..sse import SSEDecoder
 from .thinking_key import ThinkingKey
-from ..translation.models import ModelRouter, upstream_api
-from ..translation.profiles import select_profile
+from ..translation.models import ModelRouter, model_map_for, upstream_api
 from ..translation.request import Options, UnsupportedContent, anthropic_to_openai
 from ..translation.response import UpstreamFormatError, openai_to_anthropic
 from ..translation.responses_request import anthropic_to_responses
@@ -27,6 +31,8 @@ from ..translation.tokens import count_input_tokens, estimate_input_tokens
 from ..translation.validation import RequestValidationError, validate_count_tokens_request, validate_messages_request
 from ..usage import Usage, apply_usage, classify_request, usage_from_message
 from ..settings import Settings
+
+log = logging.getLogger("nexus.translation")
 
 
 def encode_body(payload: dict) -> bytes:
@@ -46,14 +52,16 @@ class Translator:
         self.settings = settings
         self.upstream = upstream
         self.recorder = recorder
-        self.url = settings.anthropic_proxy_base_url.rstrip("/") + "/chat/completions"
-        self.responses_url = settings.anthropic_proxy_base_url.rstrip("/") + "/responses"
-        self.upstream_host = upstream_host(self.url)
-        # What the upstream takes and sends back (UPSTREAM_PROFILE, else chosen by the base URL's host).
-        self.profile = select_profile(settings.upstream_profile, settings.anthropic_proxy_base_url)
         self.thinking_key = thinking_key or ThinkingKey(settings)
         self.router = ModelRouter(settings.reasoning_model, settings.completion_model, settings.reasoning_max_tokens,
                                   settings.completion_max_tokens, settings.model_map)
+        # UPSTREAMS in order (or the one ANTHROPIC_PROXY_BASE_URL), each with its profile and breaker
+        self.upstreams = Upstreams(settings)
+        # each upstream routes with its own model names (its model_map, else MODEL_MAP)
+        self._routers = {id(u): self.router if not u.model_map else ModelRouter(
+            settings.reasoning_model, settings.completion_model, settings.reasoning_max_tokens,
+            settings.completion_max_tokens, model_map_for(u.model_map, settings.model_map))
+            for u in self.upstreams.items}
         self._completion_tokens_models: set[str] = set()
 
     # -- POST /v1/messages ------------------------------------------------------------------
@@ -64,76 +72,150 @@ class Translator:
         rec.user_text = last_user_text(body)
         stream = body.get("stream") is True
         rec.stream = stream
-        chosen = self.router.route(body)
-        rec.model_used = chosen.model
         signing_key = self.thinking_key.get()
-        api = self.api_for(body)
-        try:
-            if api == "responses":
-                payload = anthropic_to_responses(body, chosen, stream=stream, signing_key=signing_key,
-                                                 server_tools=self.settings.server_tools, upstream=self.upstream_host)
-            else:
-                options = Options(profile=self.profile, signing_key=signing_key,
-                                  server_tools=self.settings.server_tools, upstream=self.upstream_host)
-                payload = anthropic_to_openai(body, chosen, stream=stream, options=options)
-        except UnsupportedContent as exc:
-            raise invalid_request(str(exc)) from None
-        key = self._upstream_key(inc)
-        rec.api_key_masked = mask_secret(key)
-        rec.auth_type = "api_key"
-        headers = translation_headers(key, stream)
-        if api == "responses":
-            return self._responses(body, payload, headers, rec, stream)
-        resp = self._send_handling_max_tokens(rec, chosen.model, headers, payload)
+        resp, chosen, target, api, served_by = self._send_handling_failover(inc, body, stream, signing_key)
         model = rec.model_requested or chosen.model
-        stop_sequences = body.get("stop_sequences") or ()
-        if not stream:
-            return self._json(resp, rec, model, stop_sequences, signing_key)
-        plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
-                                                 input_tokens=estimate_input_tokens(body), signing_key=signing_key,
-                                                 upstream_host=self.upstream_host),
-                                self.settings.max_sse_event_bytes)
+        if api == "responses":
+            estimate = estimate_input_tokens(body)
+            if not stream:
+                return self._responses_json(resp, rec, model, estimate, target, signing_key, served_by)
+            plug = ResponsesStream(ResponsesStreamTranslator(model=model, signing_key=signing_key,
+                                                             input_tokens=estimate), self.settings.max_sse_event_bytes)
+        else:
+            stop_sequences = body.get("stop_sequences") or ()
+            if not stream:
+                return self._json(resp, rec, model, stop_sequences, target, signing_key, served_by)
+            plug = TranslatedStream(StreamTranslator(model=model, stop_sequences=stop_sequences,
+                                                     input_tokens=estimate_input_tokens(body), signing_key=signing_key,
+                                                     upstream_host=target.host),
+                                    self.settings.max_sse_event_bytes)
         rec.status = 200
         body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
-                            shutting_down=lambda: self.upstream.shutting_down, host=self.upstream_host)
-        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
+                            shutting_down=lambda: self.upstream.shutting_down, host=target.host)
+        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id), *served_by], body, streaming=True)
 
-    def _send_handling_max_tokens(self, rec: RequestRecord, model: str, headers: dict, payload: dict):
-        """Send the request; resend it once with `max_completion_tokens` when the upstream refuses `max_tokens`.
+    # -- the send layers, outermost first ---------------------------------------------------------
+    def _send_handling_failover(self, inc: Incoming, body: dict, stream: bool, signing_key: bytes):
+        """Try the upstreams in order: a connection failure, a 429 or a 5xx before the first byte moves the
+        request to the next one (with that upstream's model map, profile and API), inside the request's time.
+        Each outcome feeds the upstream's breaker.
+
+        Returns (response, route, upstream, api, the proxy's own headers naming the upstream).
+        """
+        rec = inc.record
+        upstreams = self.upstreams
+        many = upstreams.enforced
+        budget = self.settings.read_timeout or 0.0
+        failure: ProxyError | None = None
+        tries = 0
+        for target in upstreams.candidates():
+            if tries and budget and time.perf_counter() - rec.started >= budget:
+                break
+            tries += 1
+            chosen = self._routers[id(target)].route(body)
+            rec.model_used = chosen.model
+            api = self.api_for(body, target)
+            payload = self._payload(body, chosen, stream, api, target, signing_key)
+            key = target.api_key or self._upstream_key(inc)
+            rec.api_key_masked = mask_secret(key)
+            rec.auth_type = "api_key"
+            headers = translation_headers(key, stream)
+            kw = {"max_retries": 0, "timeout": self._time_left(rec.started, budget)} if many else {}
+            if tries == 1:
+                kw["on_sent"] = lambda: self.recorder.begin(rec)  # the upstream has the request: journal it
+            if many:
+                rec.credential = target.name
+            try:
+                resp = self._send_handling_max_tokens(rec, target, api, chosen.model, headers, payload, kw)
+            except ProxyError as exc:  # unreachable, no answer in time, or the upstream's own error
+                if exc.status != 429 and exc.status < 500:
+                    target.breaker.success()  # it answered: the request itself was refused
+                    raise
+                target.breaker.failure(f"HTTP {exc.upstream_status}" if exc.upstream_status else exc.message)
+                failure = exc
+                if many:
+                    log.info("upstream %s: %s; %s tried on the next upstream", target.name, exc.status,
+                             rec.request_id)
+                continue
+            target.breaker.success()
+            served = [("x-nexus-upstream", target.name)] if many else []
+            return resp, chosen, target, api, served + ([("x-nexus-tries", str(tries))] if tries > 1 else [])
+        if failure is not None:
+            raise failure
+        wait = max(1, int(upstreams.retry_in() + 0.999))
+        raise ProxyError(503, f"Every upstream is unavailable (circuit breakers open); retry in {wait} s",
+                         "overloaded_error", {"retry-after": str(wait)})
+
+    def _send_handling_max_tokens(self, rec: RequestRecord, target: Upstream, api: str, model: str, headers: dict,
+                                  payload: dict, kw: dict):
+        """Send the request; resend it once with `max_completion_tokens` when a Chat upstream refuses `max_tokens`.
 
         OpenAI's reasoning models (o-series, GPT-5) take only `max_completion_tokens`: learnt once per model.
         """
-        if model in self._completion_tokens_models:
+        url = target.url_for(api)
+        chat = api != "responses"
+        if chat and model in self._completion_tokens_models:
             _use_max_completion_tokens(payload)
-        logs.debug_outgoing(rec.request_id, self.url, headers, payload, "API Key")
-        sent = lambda: self.recorder.begin(rec)  # noqa: E731 - the upstream has the request: journal it
-        resp = self.upstream.send("POST", self.url, headers, encode_body(payload), on_sent=sent)
+        logs.debug_outgoing(rec.request_id, url, headers, payload, "API Key")
+        resp = self.upstream.send("POST", url, headers, encode_body(payload), **kw)
         if resp.status < 400:
             return resp
         error = read_error_body(resp)
-        if resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):
+        if chat and resp.status == 400 and b"max_completion_tokens" in error and _use_max_completion_tokens(payload):
             self._completion_tokens_models.add(model)
-            resp = self.upstream.send("POST", self.url, headers, encode_body(payload), on_sent=sent)
+            kw.pop("on_sent", None)  # journaled by the first send
+            resp = self.upstream.send("POST", url, headers, encode_body(payload), **kw)
             if resp.status < 400:
                 return resp
             error = read_error_body(resp)
-        raise upstream_http_error(resp.status, error, resp.headers, self.upstream_host)
+        raise upstream_http_error(resp.status, error, resp.headers, target.host)
 
-    def _read_answer(self, resp) -> bytes:
+    def _payload(self, body: dict, chosen, stream: bool, api: str, target: Upstream, signing_key: bytes) -> dict:
+        """The upstream body for this upstream's API and profile (a 400 for content it cannot take)."""
+        try:
+            if api == "responses":
+                return anthropic_to_responses(body, chosen, stream=stream, signing_key=signing_key,
+                                              server_tools=self.settings.server_tools, upstream=target.host)
+            options = Options(profile=target.profile, signing_key=signing_key,
+                              server_tools=self.settings.server_tools, upstream=target.host)
+            return anthropic_to_openai(body, chosen, stream=stream, options=options)
+        except UnsupportedContent as exc:
+            raise invalid_request(str(exc)) from None
+
+    def _time_left(self, started: float, budget: float) -> urllib3.Timeout:
+        """This try's timeouts: the configured ones, cut to what is left of the request's time."""
+        s = self.settings
+        if not budget:
+            return urllib3.Timeout(connect=s.connect_timeout or None, read=s.read_timeout or None)
+        left = max(0.5, budget - (time.perf_counter() - started))
+        return urllib3.Timeout(connect=min(s.connect_timeout or left, left), read=min(s.read_timeout or left, left))
+
+    def api_for(self, body: dict, target: Upstream | None = None) -> str:
+        """The upstream API for this request ("chat" or "responses") on `target` (default: the first upstream)."""
+        s = self.settings
+        target = target or self.upstreams.items[0]
+        own = bool(target.model_map)  # an upstream with its own model names says which API they take
+        return upstream_api(body.get("model"), model_map=target.model_map if own else s.model_map,
+                            model_apis=target.model_apis if own else s.model_apis,
+                            default=s.upstream_api, upstream={"api": target.api})
+
+    # -- the answers --------------------------------------------------------------------------------
+    def _read_answer(self, resp, host: str) -> bytes:
         """The whole JSON answer; an upstream that breaks off while sending it is a 502 naming it."""
         try:
             raw = resp.read()
         except Exception as exc:
             close_quietly(resp)
-            err_type, message = stream_failure(exc, self.upstream.shutting_down, self.upstream_host)
+            err_type, message = stream_failure(exc, self.upstream.shutting_down, host)
             err = ProxyError(502, message, err_type)
             err.upstream_kind = failure_kind(exc)
             raise err from None
         close_quietly(resp, complete=True)
         return raw
 
-    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences, signing_key: bytes = b"") -> Reply:
-        raw = self._read_answer(resp)
+    def _json(self, resp, rec: RequestRecord, model: str, stop_sequences, target: Upstream, signing_key: bytes,
+              served_by) -> Reply:
+        raw = self._read_answer(resp, target.host)
         try:
             upstream_json = jsoncodec.loads_lenient(raw)
             if not isinstance(upstream_json, dict):
@@ -141,49 +223,29 @@ class Translator:
             message = openai_to_anthropic(upstream_json, model=model, stop_sequences=stop_sequences,
                                           signing_key=signing_key)
         except (ValueError, UpstreamFormatError) as exc:
-            raise ProxyError(502, from_upstream(self.upstream_host, f"answered with an unusable body: {exc}"),
+            raise ProxyError(502, from_upstream(target.host, f"answered with an unusable body: {exc}"),
                              "api_error") from None
-        logs.debug_response(rec.request_id, 200, {}, message)
-        apply_usage(rec, usage_from_message(message))
-        rec.status = 200
-        return json_reply(200, message, [("request-id", rec.request_id)], on_close=lambda: self.recorder.finish(rec))
+        return self._answered(rec, message, served_by)
 
-    def api_for(self, body: dict, upstream=None) -> str:
-        """The upstream API for this request ("chat" or "responses"); `upstream` is an upstream entry."""
-        s = self.settings
-        return upstream_api(body.get("model"), model_map=s.model_map, model_apis=s.model_apis,
-                            default=s.upstream_api, upstream=upstream)
-
-    # -- the Responses API ------------------------------------------------------------------------
-    def _responses(self, body: dict, payload: dict, headers: dict, rec: RequestRecord, stream: bool) -> Reply:
-        logs.debug_outgoing(rec.request_id, self.responses_url, headers, payload, "API Key")
-        resp = self.upstream.send("POST", self.responses_url, headers, encode_body(payload))
-        if resp.status >= 400:
-            raise upstream_http_error(resp.status, read_error_body(resp), resp.headers, self.upstream_host)
-        model = rec.model_requested or rec.model_used
-        estimate = estimate_input_tokens(body)
-        if not stream:
-            return self._responses_json(resp, rec, model, estimate)
-        plug = ResponsesStream(ResponsesStreamTranslator(model=model, signing_key=self.thinking_key.get(),
-                                                         input_tokens=estimate), self.settings.max_sse_event_bytes)
-        rec.status = 200
-        body = relay_stream(resp, rec, plug, self.recorder, ping_interval=self.settings.ping_interval,
-                            shutting_down=lambda: self.upstream.shutting_down, host=self.upstream_host)
-        return Reply(200, [*SSE_HEADERS, ("request-id", rec.request_id)], body, streaming=True)
-
-    def _responses_json(self, resp, rec: RequestRecord, model: str, estimate: int) -> Reply:
-        raw = self._read_answer(resp)
+    def _responses_json(self, resp, rec: RequestRecord, model: str, estimate: int, target: Upstream,
+                        signing_key: bytes, served_by) -> Reply:
+        raw = self._read_answer(resp, target.host)
         try:
-            message = responses_to_anthropic(jsoncodec.loads_lenient(raw), model=model, signing_key=self.thinking_key.get(),
+            message = responses_to_anthropic(jsoncodec.loads_lenient(raw), model=model, signing_key=signing_key,
                                              input_tokens=estimate)
         except ResponseFailed as exc:
             raise ProxyError(status_for_error_type(exc.error_type), exc.message, exc.error_type) from None
         except (ValueError, UpstreamFormatError) as exc:
-            raise ProxyError(502, f"Upstream answered with an unusable body: {exc}", "api_error") from None
+            raise ProxyError(502, from_upstream(target.host, f"answered with an unusable body: {exc}"),
+                             "api_error") from None
+        return self._answered(rec, message, served_by)
+
+    def _answered(self, rec: RequestRecord, message: dict, served_by) -> Reply:
         logs.debug_response(rec.request_id, 200, {}, message)
         apply_usage(rec, usage_from_message(message))
         rec.status = 200
-        return json_reply(200, message, [("request-id", rec.request_id)], on_close=lambda: self.recorder.finish(rec))
+        return json_reply(200, message, [("request-id", rec.request_id), *served_by],
+                          on_close=lambda: self.recorder.finish(rec))
 
     # -- POST /v1/messages/count_tokens ---------------------------------------------------------
     def count_tokens(self, inc: Incoming) -> Reply:

@@ -93,14 +93,18 @@ class UpstreamClient:
         *,
         decode_content: bool = True,
         on_sent=None,
+        retry_statuses: frozenset = RETRY_STATUSES,
+        max_retries: int | None = None,
+        timeout: urllib3.Timeout | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """Send a request and return the response with its body unread. `on_sent()` is called once the
         request is on the wire (each attempt).
 
-        Connection failures and 429/503/529 answers are retried `max_retries` times with backoff,
-        honouring `retry-after` up to `retry_max_wait`. Failures become a ProxyError (502/504).
+        Connection failures and `retry_statuses` answers (429/503/529) are retried `max_retries` times with
+        backoff, honouring `retry-after` up to `retry_max_wait`. Failures become a ProxyError (502/504).
+        A failover layer above passes its own `retry_statuses`, `max_retries` and the `timeout` left to it.
         """
-        attempts = self.settings.max_retries + 1
+        attempts = (self.settings.max_retries if max_retries is None else max_retries) + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             _sending.callback = on_sent
@@ -108,6 +112,7 @@ class UpstreamClient:
                 resp = self.pool.urlopen(
                     method, url, body=body, headers=headers, preload_content=False,
                     decode_content=decode_content, redirect=False, retries=False,
+                    **({"timeout": timeout} if timeout is not None else {}),
                 )
             except (ConnectTimeoutError, NewConnectionError) as exc:
                 if last:
@@ -128,7 +133,7 @@ class UpstreamClient:
                 continue
             finally:
                 _sending.callback = None
-            if resp.status in RETRY_STATUSES and not last:
+            if resp.status in retry_statuses and not last:
                 wait = _retry_after(resp.headers.get("retry-after"))
                 if wait is None or wait <= self.settings.retry_max_wait:
                     resp.drain_conn()

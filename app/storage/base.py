@@ -9,7 +9,7 @@ from typing import Any, ContextManager, Sequence
 from ..records import RequestRecord
 from .dashboard import DashboardQueries
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def apply_migrations(execute, migrations: Sequence[Sequence[str]], placeholder: str) -> None:
@@ -100,6 +100,54 @@ class Storage(DashboardQueries, abc.ABC):
         """Serialise refreshes of one credential (no-op where the file lock does it)."""
         return contextlib.nullcontext()
 
+    # Pooled credentials' learned state and sticky conversations. This default keeps them in the process
+    # (one worker); SQLite shares them between a host's workers, PostgreSQL across a fleet.
+    def load_credential_states(self) -> list[tuple[str, str, dict, float]]:
+        """(key, phase, data, updated_at) of every credential state."""
+        return [(k, p, d, u) for k, (p, d, u) in self._local_states().items()]
+
+    def save_credential_state(self, key: str, data: dict, updated_at: float, phase: str | None = None,
+                              merge=None) -> tuple[bool, str | None]:
+        """Store a state (kept when the stored one is newer; `merge(old, new)` joins the two copies). With `phase`,
+        set the phase too and return (whether this write changed it, the phase before) atomically, so one
+        writer announces each change."""
+        states = self._local_states()
+        old = states.get(key)
+        before = old[0] if old else None
+        new_phase = phase or before or "ok"
+        newer = old is None or updated_at >= old[2]
+        if old is not None and merge is not None:
+            data, newer = (merge(old[1], data) if newer else merge(data, old[1])), True
+        if newer or phase is not None:
+            states[key] = (new_phase, data if newer else old[1], max(updated_at, old[2] if old else 0.0))
+        return (phase is not None and before != phase), before
+
+    def sticky_credential(self, conversation: str) -> str | None:
+        """The credential a conversation was served by, or None."""
+        return self._local_sticky().get(conversation)
+
+    def save_sticky_credentials(self, pairs: dict[str, str], now: float) -> None:
+        """Remember conversation -> credential choices."""
+        sticky = self._local_sticky()
+        if len(sticky) > 100_000:
+            sticky.clear()
+        sticky.update(pairs)
+
+    def credential_stats(self, since: float | None = None, until: float | None = None,
+                         domain: str | None = None) -> dict[str, dict]:
+        """Requests and tokens per credential (the request rows that name one)."""
+        return {}
+
+    def _local_states(self) -> dict:
+        if not hasattr(self, "_states_mem"):
+            self._states_mem = {}
+        return self._states_mem
+
+    def _local_sticky(self) -> dict:
+        if not hasattr(self, "_sticky_mem"):
+            self._sticky_mem = {}
+        return self._sticky_mem
+
     @abc.abstractmethod
     def healthy(self) -> bool:
         """Whether the store answered recently; never blocks for long."""
@@ -134,6 +182,8 @@ REQUEST_COLUMNS = (
     # schema 2: cost
     "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens", "cost_usd",
     "key_id",
+    # schema 5: which pooled credential (by file name) or fallback upstream served it
+    "credential",
 )
 
 # Counter columns in the order of the tuple `aggregate` produces.
@@ -189,9 +239,8 @@ def request_row(rec: RequestRecord) -> tuple:
         bool(rec.stream), _count(rec.input_tokens), _count(rec.output_tokens),
         _count(rec.cache_creation_input_tokens), _count(rec.cache_read_input_tokens), _count(rec.tool_calls),
         _status(rec.status), _number(rec.duration_ms), _text(rec.error_type),
-        _count(getattr(rec, "cache_creation_5m_input_tokens", 0)),
-        _count(getattr(rec, "cache_creation_1h_input_tokens", 0)), _cost(getattr(rec, "cost_usd", None)),
-        _text(rec.key_id),
+        _count(rec.cache_creation_5m_input_tokens), _count(rec.cache_creation_1h_input_tokens),
+        _cost(rec.cost_usd), _text(rec.key_id), _text(rec.credential) or None,
     )
 
 
@@ -278,6 +327,23 @@ _COUNTER_AGGREGATES = (
     " SUM(request_count), SUM(query_count), SUM(inference_count), SUM(tool_call_count), SUM(error_count),"
     " MAX(last_updated), SUM(cost_usd), SUM(unpriced_count)"
 )
+
+
+def credential_stats_query(ph: str, since: float | None, until: float | None,
+                           domain: str | None = None) -> tuple[str, list]:
+    """SQL + params for usage per credential (request rows only: the counters do not know credentials)."""
+    where, params = ["credential IS NOT NULL"], []
+    if since is not None:
+        where.append(f"ts >= {ph}")
+        params.append(float(since))
+    if until is not None:
+        where.append(f"ts < {ph}")
+        params.append(float(until))
+    if domain is not None:
+        where.append(f"domain = {ph}")
+        params.append(domain)
+    return (f"SELECT credential, {_ROW_AGGREGATES} FROM nexus_requests WHERE {' AND '.join(where)}"
+            " GROUP BY credential ORDER BY credential", params)
 
 
 def stats_query(kind: str, ph: str, since: float | None, until: float | None,

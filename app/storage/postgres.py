@@ -19,7 +19,7 @@ from ..records import RequestRecord
 from .dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
 from .base import (
     ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
-    apply_migrations, model_dict, new_rows, request_row, stats_query,
+    apply_migrations, credential_stats_query, model_dict, new_rows, request_row, stats_query,
 )
 
 log = logging.getLogger("nexus.storage")
@@ -79,6 +79,14 @@ MIGRATIONS: list[list[str]] = [
     [
         # Journal replays look request ids up before counting a record again.
         "CREATE INDEX nexus_requests_request_id ON nexus_requests (request_id)",
+    ],
+    [  # credential pools: which credential served a request; pooled credentials' state; sticky conversations
+        "ALTER TABLE nexus_requests ADD COLUMN credential TEXT",
+        "CREATE TABLE nexus_credential_state (key TEXT PRIMARY KEY, phase TEXT NOT NULL, data JSONB NOT NULL,"
+        " updated_at DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE nexus_sticky (conversation TEXT PRIMARY KEY, credential TEXT NOT NULL,"
+        " updated_at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX nexus_sticky_updated ON nexus_sticky (updated_at)",
     ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -315,6 +323,60 @@ class PostgresStorage(Storage):
                     domain: str | None = None) -> dict[str, dict]:
         sql, params = stats_query("model", "%s", since, until, domain)
         return {row[0]: model_dict(row[1:]) for row in self._query(sql, params)}
+
+    def credential_stats(self, since: float | None = None, until: float | None = None,
+                         domain: str | None = None) -> dict[str, dict]:
+        sql, params = credential_stats_query("%s", since, until, domain)
+        return {row[0]: model_dict(row[1:]) for row in self._query(sql, params)}
+
+    # --- pooled credentials' state ---------------------------------------------------------
+
+    def load_credential_states(self) -> list[tuple[str, str, dict, float]]:
+        rows = self._query("SELECT key, phase, data, updated_at FROM nexus_credential_state")
+        return [(k, p, dict(d), float(u)) for k, p, d, u in rows]
+
+    def save_credential_state(self, key: str, data: dict, updated_at: float, phase: str | None = None,
+                              merge=None) -> tuple[bool, str | None]:
+        _modules()
+        from psycopg.types.json import Jsonb
+
+        with self._conn() as conn:
+            with conn.transaction():
+                # one writer at a time per credential: the read of the old phase and the write are one step
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self._namespace(conn), _int4("state:" + key)))
+                row = conn.execute("SELECT phase, updated_at, data FROM nexus_credential_state WHERE key = %s",
+                                   (key,)).fetchone()
+                before = row[0] if row else None
+                newer = row is None or updated_at >= row[1]
+                if row is not None and merge is not None:
+                    # the newer copy's windows, both copies' cooling and breakage: always worth writing
+                    stored = dict(row[2])
+                    data, newer = (merge(stored, data) if newer else merge(data, stored)), True
+                if row is None:
+                    conn.execute("INSERT INTO nexus_credential_state (key, phase, data, updated_at)"
+                                 " VALUES (%s, %s, %s, %s)", (key, phase or "ok", Jsonb(data), updated_at))
+                elif phase is not None or newer:
+                    conn.execute("UPDATE nexus_credential_state SET phase = %s,"
+                                 " data = CASE WHEN %s THEN %s ELSE data END,"
+                                 " updated_at = GREATEST(updated_at, %s) WHERE key = %s",
+                                 (phase or before, newer, Jsonb(data), updated_at, key))
+        return (phase is not None and before != phase), before
+
+    def sticky_credential(self, conversation: str) -> str | None:
+        rows = self._query("SELECT credential FROM nexus_sticky WHERE conversation = %s", (conversation,))
+        return rows[0][0] if rows else None
+
+    def save_sticky_credentials(self, pairs: dict[str, str], now: float) -> None:
+        if not pairs:
+            return
+        with self._conn() as conn:
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO nexus_sticky (conversation, credential, updated_at) VALUES (%s, %s, %s)"
+                                " ON CONFLICT (conversation) DO UPDATE SET credential = EXCLUDED.credential,"
+                                " updated_at = EXCLUDED.updated_at",
+                                [(c, n, now) for c, n in sorted(pairs.items())])
+                # conversations idle for a day have lost their prompt cache anyway
+                cur.execute("DELETE FROM nexus_sticky WHERE updated_at < %s", (now - 86400,))
 
     def totals_version(self) -> int:
         return int(self._query("SELECT COALESCE(SUM(request_count), 0) FROM nexus_domain_usage")[0][0])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ from ..records import RequestRecord
 from .dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
 from .base import (
     ALL_COUNTER_COLUMNS, COUNTER_COLUMNS, REQUEST_COLUMNS, SCHEMA_VERSION, Storage, StorageDataError, StorageError, aggregate, domain_dict,
-    apply_migrations, model_dict, new_rows, request_row, stats_query,
+    apply_migrations, credential_stats_query, model_dict, new_rows, request_row, stats_query,
 )
 
 log = logging.getLogger("nexus.storage")
@@ -71,6 +72,13 @@ MIGRATIONS: list[list[str]] = [
     [
         # Journal replays look request ids up before counting a record again.
         "CREATE INDEX nexus_requests_request_id ON nexus_requests (request_id)",
+    ],
+    [  # credential pools: which credential served a request; pooled credentials' state; sticky conversations
+        "ALTER TABLE nexus_requests ADD COLUMN credential TEXT",
+        "CREATE TABLE nexus_credential_state (key TEXT PRIMARY KEY, phase TEXT NOT NULL, data TEXT NOT NULL,"
+        " updated_at REAL NOT NULL)",
+        "CREATE TABLE nexus_sticky (conversation TEXT PRIMARY KEY, credential TEXT NOT NULL, updated_at REAL NOT NULL)",
+        "CREATE INDEX nexus_sticky_updated ON nexus_sticky (updated_at)",
     ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -269,6 +277,80 @@ class SqliteStorage(Storage):
                     domain: str | None = None) -> dict[str, dict]:
         sql, params = stats_query("model", "?", since, until, domain)
         return {row[0]: model_dict(row[1:]) for row in self._query(sql, params)}
+
+    def credential_stats(self, since: float | None = None, until: float | None = None,
+                         domain: str | None = None) -> dict[str, dict]:
+        sql, params = credential_stats_query("?", since, until, domain)
+        return {row[0]: model_dict(row[1:]) for row in self._query(sql, params)}
+
+    # --- pooled credentials' state ---------------------------------------------------------
+
+    def load_credential_states(self) -> list[tuple[str, str, dict, float]]:
+        out = []
+        for key, phase, data, updated_at in self._query("SELECT key, phase, data, updated_at FROM nexus_credential_state"):
+            try:
+                out.append((key, phase, json.loads(data), float(updated_at)))
+            except ValueError:
+                continue
+        return out
+
+    def save_credential_state(self, key: str, data: dict, updated_at: float, phase: str | None = None,
+                              merge=None) -> tuple[bool, str | None]:
+        with self._lock:
+            try:
+                conn = self._ready()
+                conn.execute("BEGIN IMMEDIATE")  # the read and the write are one step for every worker
+                try:
+                    row = conn.execute("SELECT phase, updated_at, data FROM nexus_credential_state WHERE key = ?",
+                                       (key,)).fetchone()
+                    before = row[0] if row else None
+                    newer = row is None or updated_at >= row[1]
+                    if row is not None and merge is not None:
+                        try:
+                            stored = json.loads(row[2])
+                        except ValueError:
+                            stored = {}
+                        # the newer copy's windows, both copies' cooling and breakage: always worth writing
+                        data, newer = (merge(stored, data) if newer else merge(data, stored)), True
+                    text = json.dumps(data, separators=(",", ":"))
+                    if row is None:
+                        conn.execute("INSERT INTO nexus_credential_state (key, phase, data, updated_at)"
+                                     " VALUES (?, ?, ?, ?)", (key, phase or "ok", text, updated_at))
+                    elif phase is not None or newer:
+                        conn.execute("UPDATE nexus_credential_state SET phase = ?, data = CASE WHEN ? THEN ? ELSE data"
+                                     " END, updated_at = MAX(updated_at, ?) WHERE key = ?",
+                                     (phase or before, newer, text, updated_at, key))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                raise StorageError(f"SQLite write failed: {exc}") from exc
+        return (phase is not None and before != phase), before
+
+    def sticky_credential(self, conversation: str) -> str | None:
+        rows = self._query("SELECT credential FROM nexus_sticky WHERE conversation = ?", (conversation,))
+        return rows[0][0] if rows else None
+
+    def save_sticky_credentials(self, pairs: dict[str, str], now: float) -> None:
+        if not pairs:
+            return
+        with self._lock:
+            try:
+                conn = self._ready()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany("INSERT INTO nexus_sticky (conversation, credential, updated_at) VALUES (?, ?, ?)"
+                                     " ON CONFLICT (conversation) DO UPDATE SET credential = excluded.credential,"
+                                     " updated_at = excluded.updated_at", [(c, n, now) for c, n in pairs.items()])
+                    # conversations idle for a day have lost their prompt cache anyway
+                    conn.execute("DELETE FROM nexus_sticky WHERE updated_at < ?", (now - 86400,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                raise StorageError(f"SQLite write failed: {exc}") from exc
 
     def totals_version(self) -> int:
         row = self._query("SELECT COALESCE(SUM(request_count), 0) FROM nexus_domain_usage")

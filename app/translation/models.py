@@ -114,3 +114,9 @@ def route(
     """One request's route without a router at hand (tests, the benchmark's profile)."""
     return ModelRouter(reasoning_model, completion_model, reasoning_max_tokens, completion_max_tokens,
                        model_map).route(body)
+
+
+def model_map_for(upstream_map: Mapping | None, global_map: Mapping | None) -> Mapping | None:
+    """The model map for one of several upstreams: its own when it has one (its model names are its own),
+    else MODEL_MAP."""
+    return upstream_map if upstream_map else global_map

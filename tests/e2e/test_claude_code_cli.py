@@ -478,6 +478,58 @@ def test_rate_limit_is_retried_by_the_proxy(claude, fake, passthrough_proxy, pro
     assert counted["requestCount"] == 2 and counted["errorCount"] == 0, counted
 
 
+# -- 5b: a credential pool absorbs a 429 and a 529 ------------------------------------------------------
+
+POOL_TOKENS = ("sk-ant-oat01-e2e-pool-one-0007", "sk-ant-oat01-e2e-pool-two-0008", "sk-ant-api03-e2e-pool-key-0009")
+
+
+@pytest.fixture(scope="module")
+def pool_proxy(fake_upstream_server, tmp_path_factory) -> Iterator[ProxyServer]:
+    """Two subscriptions and an API key behind the team's host, 2 workers."""
+    folder = tmp_path_factory.mktemp("credentials")
+    far = 4102444800000  # expiresAt in 2100: no refresh on the way
+    paths = []
+    for name, secret in zip(("a-max-1.json", "a-max-2.json", "a-api-key.json"), POOL_TOKENS):
+        data = {"type": "api_key", "api_key": secret} if "api03" in secret else \
+            {"type": "oauth", "oauth": {"accessToken": secret, "refreshToken": "sk-ant-ort01-unused", "expiresAt": far}}
+        (folder / name).write_text(json.dumps(data))
+        (folder / name).chmod(0o600)
+        paths.append(str(folder / name))
+    env = dict(doc_env("passthrough/proxy"), CLAUDE_API_BASE_URL=fake_upstream_server.url, WEB_CONCURRENCY="2",
+               DOMAIN_CREDENTIAL_MAPPING=json.dumps({TEAM_HOST: paths}))
+    with _proxy(tmp_path_factory, env) as proxy:
+        yield proxy
+
+
+def test_pool_fails_over_without_the_cli_seeing_it(claude, fake, pool_proxy, project, trap):
+    """a-max-1 answers 429 (rejected), then the API key 529: Claude Code never sees either, and each
+    conversation stays on the credential that served it."""
+    one, two, key = POOL_TOKENS
+    now = int(time.time())
+    fake.oauth(valid_tokens=list(POOL_TOKENS))
+    fake.credentials({one: {"faults": [{"status": 429, "headers": {
+        "anthropic-ratelimit-unified-status": "rejected", "anthropic-ratelimit-unified-reset": str(now + 600),
+        "retry-after": "600"}}]}})
+    run = _run(claude, project, pool_proxy, {"ANTHROPIC_AUTH_TOKEN": "unused"}, trap,
+               base_url=f"http://{TEAM_HOST}:{pool_proxy.port}")
+    assert_read_and_answered(run, project)
+    assert not run.system_events("api_retry"), run.describe()
+    used = [p["headers"].get("x-api-key") or p["headers"].get("authorization", "")[7:] for p in _posts(fake, "/v1/messages")]
+    assert used == [one, two, two], used  # refused once; both turns then on a-max-2 (sticky)
+    # the next conversation goes to the least used credential (the API key, never used yet), which is
+    # overloaded once: a-max-2 serves it
+    fake.reset()
+    fake.oauth(valid_tokens=list(POOL_TOKENS))
+    fake.credentials({key: {"faults": [{"status": 529}]}})
+    second = Project(project.root / "second")
+    run = _run(claude, second, pool_proxy, {"ANTHROPIC_AUTH_TOKEN": "unused"}, trap,
+               base_url=f"http://{TEAM_HOST}:{pool_proxy.port}")
+    assert_read_and_answered(run, second)
+    assert not run.system_events("api_retry"), run.describe()
+    used = [p["headers"].get("x-api-key") or p["headers"].get("authorization", "")[7:] for p in _posts(fake, "/v1/messages")]
+    assert used == [key, two, two], used
+
+
 # -- 6: an upstream error that does not clear ----------------------------------------------------------
 
 CLI_RETRIES = 2  # CLAUDE_CODE_MAX_RETRIES: the CLI's own retries of a 5xx (default 10, with back-off)

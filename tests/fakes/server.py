@@ -186,7 +186,10 @@ class FakeUpstream:
         self._control("POST", "reset")
 
     def script(self, path: str, responses: list[dict]) -> None:
-        """Queue scripted responses (FIFO) for an endpoint, e.g. "/v1/messages" or "/chat/completions"."""
+        """Queue scripted responses (FIFO) for an endpoint, e.g. "/v1/messages" or "/chat/completions".
+
+        A response with "path_prefix" (e.g. "/primary") answers only a request whose path starts with it;
+        others pass it by while it waits at the head of the queue."""
         self._control("POST", "script", {"path": path, "responses": responses})
 
     def oauth(self, refresh_token: str | None = None, valid_tokens: list[str] | None = None) -> dict:
@@ -204,6 +207,14 @@ class FakeUpstream:
 
     def oauth_calls(self) -> int:
         return int(self.oauth_state()["calls"])
+
+    def credentials(self, per_credential: dict[str, dict | None] | None = None) -> dict:
+        """Per credential (API key or access token): `headers` sent with each of its answers, `status` answered
+        to every request it makes, `faults` (a list of {"status", "headers"}) answered first, one each; None
+        forgets one. Returns, per credential (by its last 6 characters), how many requests it made and was refused."""
+        if per_credential is None:
+            return self._control("GET", "credentials")
+        return self._control("POST", "credentials", {"credentials": per_credential})
 
     def compress(self, enabled: bool = True) -> None:
         """Gzip bodies (SSE flushed per event) for requests whose accept-encoding allows gzip."""

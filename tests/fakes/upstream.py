@@ -117,6 +117,8 @@ class FakeState:
         self.reasoning_returned: list[str] = []  # ids of issued reasoning items that came back in an input
         self.cache_prompts: dict[str, bytes] = {}  # prompt_cache_key -> the last request body under it
         self.cache = upstream_profiles.CacheMemory()
+        # Per credential (API key or access token): {"headers": {...}, "status": n (every answer), "faults": [...]}
+        self.credentials: dict[str, dict] = {}
         old = getattr(self, "release", None)
         self.release = gevent.event.Event()
         if old is not None:
@@ -565,12 +567,40 @@ class FakeApp:
             refused = upstream_profiles.refusal(profile, ctx.parsed) if profile else None
             if refused is not None:
                 return ctx.json(*refused)  # as the real upstream: before anything scripted
+        per_cred = state.credentials.get(ctx.credential()) if state.credentials and endpoint in _ANTHROPIC_ENDPOINTS \
+            else None
+        if per_cred is not None:
+            answer = self._per_credential(ctx, per_cred, method)
+            if answer is not None:
+                return answer
         queue = state.scripts.get(endpoint)
-        if queue:
+        if queue and path.startswith(queue[0].get("path_prefix") or "/"):
+            # a scripted answer with "path_prefix" is only for requests under it (one of several upstreams)
             return self._scripted(ctx, queue.popleft(), method)
         if bench is not None and method == "POST" and endpoint in ("/chat/completions", "/v1/messages", "/responses"):
             return self._bench(ctx, bench)
         return self._model(ctx, method, {})
+
+    def _per_credential(self, ctx: "_Ctx", cfg: dict, method: str) -> Iterable[bytes] | None:
+        """A fault for this credential (the next queued one, else its standing status), or its model answer with
+        its own rate-limit headers; None lets the request go on to the scripts."""
+        cfg["served"] = cfg.get("served", 0) + 1
+        headers = {k.lower(): str(v) for k, v in (cfg.get("headers") or {}).items()}
+        faults = cfg.get("faults") or []
+        fault = faults.pop(0) if faults else None
+        status = int((fault or {}).get("status") or cfg.get("status") or 200)
+        if status != 200:
+            cfg["refused"] = cfg.get("refused", 0) + 1
+            headers.update({k.lower(): str(v) for k, v in ((fault or {}).get("headers") or {}).items()})
+            error_type = _ERROR_TYPES.get(status, "api_error")
+            messages = {429: "Number of request tokens has exceeded your rate limit", 529: "Overloaded",
+                        401: "invalid x-api-key"}
+            return ctx.send(status, _dumps({"type": "error", "error": {
+                "type": error_type, "message": messages.get(status, "fake upstream %s" % _status_line(status))}}
+            ).encode(), "application/json", False, headers)
+        if ctx.state.scripts.get(ctx.endpoint):
+            return None
+        return self._model(ctx, method, {}, headers)
 
     # -- control API --------------------------------------------------------------------------------
 
@@ -596,6 +626,16 @@ class FakeApp:
                     state.valid_tokens = set(data["valid_tokens"] or ())
             result = {"calls": state.oauth_calls, "refresh_token": state.refresh_token,
                       "valid_tokens": sorted(state.valid_tokens)}
+        elif path == "/_fake/credentials":
+            if method == "POST":
+                for secret, cfg in (data.get("credentials") or {}).items():
+                    if cfg is None:
+                        state.credentials.pop(secret, None)
+                    else:
+                        merged = state.credentials.setdefault(secret, {})
+                        merged.update(cfg)
+            result = {k[-6:]: {"served": v.get("served", 0), "refused": v.get("refused", 0),
+                               "faults_left": len(v.get("faults") or [])} for k, v in state.credentials.items()}
         elif path == "/_fake/compress" and method == "POST":
             state.compress = bool(data.get("enabled"))
         elif path == "/_fake/stats":
@@ -856,6 +896,14 @@ class _Ctx:
             "headers": _headers_from_environ(self.environ), "body": body,
             "model": body.get("model") if isinstance(body, dict) else None, "time": time.time(),
         })
+
+    def credential(self) -> str:
+        """The API key or bearer token the request carries."""
+        key = self.environ.get("HTTP_X_API_KEY")
+        if key:
+            return key.strip()
+        auth = self.environ.get("HTTP_AUTHORIZATION") or ""
+        return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
 
     def authorized(self) -> bool:
         valid = self.state.valid_tokens

@@ -112,9 +112,9 @@ def test_a_column_added_later_is_filterable_and_shown_without_code_changes(store
     svc = service(store)
     page = svc.requests({"key_name": "alice"})
     assert [r["requestId"] for r in page["rows"]] == ["req_1"]
-    # key_id is the client keys' own column (app/keys), shown the same way
-    assert page["extraColumns"] == ["key_id", "key_name"]
-    assert page["rows"][0]["extra"] == {"key_id": None, "key_name": "alice"}
+    # key_id (client keys) and credential (pools) are columns added by later schema steps, shown the same way
+    assert page["extraColumns"] == ["key_id", "credential", "key_name"]
+    assert page["rows"][0]["extra"] == {"key_id": None, "credential": None, "key_name": "alice"}
     detail = svc.detail(page["rows"][0]["id"])
     names = [name for name, _ in detail["fields"]]
     assert "key_name" in names and "key_hash" not in names  # a hash of a key is never shown

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.errors import ProxyError
-from app.services import credentials as cmod
+from app.services.credentials import files as cmod
 from app.services.credentials import OAUTH_BETA, Credential, CredentialManager, host_without_port, merge_beta
 from app.settings import Settings
 
@@ -269,10 +269,11 @@ def test_formats_paths_and_status(tmp_path, monkeypatch):
     cred = m.resolve("team2.example.com", {})
     assert (cred.kind, cred.secret) == ("oauth", ACCESS)
     st = m.status()
-    assert st["team1.example.com"] == {"file": "credentials/team1.json", "found": True, "valid": True,
-                                       "type": "api_key", "expiresAt": None, "expired": False,
-                                       "lastRefreshError": None, "lastRefresh": None, "error": None,
-                                       "source": "file"}
+    file_part = {"file": "credentials/team1.json", "found": True, "valid": True, "type": "api_key",
+                 "expiresAt": None, "expired": False, "lastRefreshError": None, "lastRefresh": None,
+                 "error": None, "source": "file"}
+    assert {k: st["team1.example.com"][k] for k in file_part} == file_part
+    assert st["team1.example.com"]["name"] == "team1.json" and st["team1.example.com"]["status"] == "ok"
     t2 = st["team2.example.com"]
     assert (t2["file"], t2["type"], t2["valid"], t2["expired"]) == ("~/team2.json", "oauth", True, False)
     assert t2["expiresAt"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires // 1000))

@@ -19,7 +19,8 @@ import requests
 import responses
 
 from app.errors import ProxyError
-from app.services import credentials as cmod
+from app.services.credentials import credential as cmod
+from app.services.credentials import refresh as refresh_mod
 from app.services.credentials import CredentialManager
 from app.settings import Settings
 
@@ -312,7 +313,7 @@ def test_write_back_failure_keeps_the_new_token_in_memory(tmp_path, monkeypatch,
     def read_only(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cmod.oauth_mod, "atomic_write_json", read_only)
+    monkeypatch.setattr(refresh_mod.oauth_mod, "atomic_write_json", read_only)
     m = CredentialManager(make_settings(path), clock=clock)
     assert m.resolve(DOMAIN, {}).secret == NEW_ACCESS
     clock.advance(5)
@@ -602,14 +603,14 @@ def test_a_refresh_made_while_the_store_was_down_reaches_it_when_it_is_back(tmp_
         first = a.refresh_after_unauthorized(a.resolve(DOMAIN, {}))
         assert b.refresh_after_unauthorized(b.resolve(DOMAIN, {})).secret == first.secret
         store.down = True
-        a._slots[0].state.refreshed_at -= 60  # past the guard against refreshing twice in 30 s
+        a.files[0].refreshed_at -= 60  # past the guard against refreshing twice in 30 s
         second = a.refresh_after_unauthorized(a.resolve(DOMAIN, {}))  # falls back to the file lock
         assert second is not None and tokens.calls == 2
         store.down = False
         time.sleep(1.1)  # files are re-checked at most once a second
         a.resolve(DOMAIN, {})
         assert store.rows[DOMAIN][0]["oauth"]["accessToken"] == second.secret
-        b._slots[0].state.refreshed_at -= 60
+        b.files[0].refreshed_at -= 60
         renewed = b.refresh_after_unauthorized(b.resolve(DOMAIN, {}))
         assert renewed is not None and renewed.secret == second.secret
         assert tokens.calls == 2  # b took the stored copy; nothing refreshed with a rotated-away token
