@@ -260,24 +260,45 @@ class DashboardService:
 
     # --- credentials -------------------------------------------------------------------------
     def credentials_status(self) -> list[dict]:
-        status = self.credentials.status()
+        """One row per mapped credential file (a pool's in its order): the file, and what its answers told."""
+        try:
+            usage = self.accounting.credential_stats()
+        except Exception:  # the page must show the files even when the store does not answer
+            usage = None
         out = []
-        for domain, st in sorted(status.items()):
-            problems = [p for p in (st.get("error"), st.get("lastRefreshError")) if p]
-            if st.get("expired"):
-                problems.append("the OAuth access token has expired")
-            out.append({
-                "domain": domain,
-                "type": st.get("type"),
-                "file": st.get("file"),
-                "valid": bool(st.get("valid")) and not st.get("expired"),
-                "problems": [mask_text(str(p)) for p in problems],
-                "expiresAt": st.get("expiresAt"),
-                "lastRefresh": st.get("lastRefresh"),
-                "source": st.get("source"),
-                "rateLimit": st.get("rateLimit"),
-            })
+        for domain, st in sorted(self.credentials.status(usage).items()):
+            for item in st["pool"] if "pool" in st else (st,):
+                out.append(_credential_row(domain, item))
         return out
+
+
+def _credential_row(domain: str, st: dict) -> dict:
+    problems = [p for p in (st.get("error"), st.get("lastRefreshError")) if p]
+    if st.get("expired"):
+        problems.append("the OAuth access token has expired")
+    if st.get("broken"):
+        problems.append(f"broken: {st['broken']}")
+    tokens = st.get("tokens") or {}
+    return {
+        "domain": domain,
+        "name": st.get("name"),
+        "type": st.get("type"),
+        "file": st.get("file"),
+        "valid": bool(st.get("valid")) and not st.get("expired"),
+        "problems": [mask_text(str(p)) for p in problems],
+        "expiresAt": st.get("expiresAt"),
+        "lastRefresh": st.get("lastRefresh"),
+        "source": st.get("source"),
+        # what the upstream's rate-limit headers said (subscriptions: the 5-hour and 7-day windows)
+        "state": st.get("status"),
+        "fiveHour": st.get("fiveHour"),
+        "sevenDay": st.get("sevenDay"),
+        "coolingUntil": st.get("coolingUntil"),
+        "coolingReason": st.get("coolingReason"),
+        "limits": st.get("limits"),
+        "requests": st.get("requests"),
+        "tokens": (int(tokens.get("input") or 0) + int(tokens.get("output") or 0)) if tokens else None,
+    }
 
 
 def _safe(value: Any) -> Any:

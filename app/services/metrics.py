@@ -411,7 +411,7 @@ class Metrics:
         """The exposition text: every worker's files merged, plus what this worker reads at scrape time."""
         self.sync()
         text = render_directory(self.path)
-        return text + self._credential_expiry()
+        return text + self._credential_expiry() + self._credential_windows()
 
     def _credential_expiry(self) -> bytes:
         creds = self.credentials
@@ -429,6 +429,38 @@ class Metrics:
         for domain, ms in sorted(expiry.items()):
             lines.append(f'{name}{{domain="{_escape(domain)}"}} {_num(ms / 1000.0)}')
         return ("\n".join(lines) + "\n").encode()
+
+
+    def _credential_windows(self) -> bytes:
+        """Each credential file's subscription windows and state, as the upstream's answers told them."""
+        creds = self.credentials
+        if creds is None:
+            return b""
+        try:
+            view = creds.credential_view()
+        except Exception:
+            return b""
+        util, state = "nexus_credential_utilization_ratio", "nexus_credential_state"
+        util_lines, state_lines = [], []
+        for name, item in sorted(view.items()):
+            label = _escape(name)
+            for window, key in (("5h", "fiveHour"), ("7d", "sevenDay")):
+                value = (item.get(key) or {}).get("utilization")
+                if value is not None:
+                    util_lines.append(f'{util}{{credential="{label}",window="{window}"}} {_num(value)}')
+            for phase in _CREDENTIAL_PHASES:
+                state_lines.append(f'{state}{{credential="{label}",state="{phase}"}} '
+                                   f'{1 if item.get("status") == phase else 0}')
+        if not state_lines:
+            return b""
+        lines = [f"# HELP {util} A subscription window's utilisation (0-1) from the upstream's last answer",
+                 f"# TYPE {util} gauge", *util_lines,
+                 f"# HELP {state} 1 for the credential's current state (ok, cooling, broken, invalid)",
+                 f"# TYPE {state} gauge", *state_lines]
+        return ("\n".join(lines) + "\n").encode()
+
+
+_CREDENTIAL_PHASES = ("ok", "cooling", "broken", "invalid")
 
 
 def upstream_error_kind(rec) -> str | None:

@@ -183,3 +183,44 @@ def test_overview_marks_unpriced_rows_instead_of_showing_zero(app):
     row = re.search(r"<tr><td>b\.example</td>.*?</tr>", html, re.S).group(0)
     assert "unpriced" in row and "$0.00" not in row
     assert 'data-total="unpricedRequests" data-value="1"' in html
+
+
+def test_credentials_page_shows_each_pooled_credential_with_its_windows_cooling_and_usage(tmp_path):
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for name in ("max-1", "max-2"):
+        path = creds / f"{name}.json"
+        path.write_text('{"type": "api_key", "api_key": "sk-ant-api03-%s-0123456789abcdef"}' % name)
+        path.chmod(0o600)
+    mapping = '{"pool.example": ["%s", "%s"]}' % (creds / "max-1.json", creds / "max-2.json")
+    settings = Settings.from_env({"USAGE_DB_PATH": str(tmp_path / "u.sqlite3"), "DASHBOARD_API_KEY": KEY,
+                                  "TOKEN_REPORT_INTERVAL": "0", "PROXY_MODE": "passthrough",
+                                  "DOMAIN_CREDENTIAL_MAPPING": mapping})
+    app = create_app(settings, start_background=False)
+    services = app.extensions["nexus"]
+    try:
+        services.storage.write_batch([RequestRecord(
+            request_id="req_p", timestamp=time.time(), domain="pool.example", mode="passthrough",
+            model_requested="claude-sonnet-4-5", input_tokens=1200, output_tokens=34, status=200,
+            credential="max-1.json")])
+        pool = services.credentials.domain_config("pool.example").pool
+        first, second = pool.files
+        now = time.time()
+        pool.learn(first, {"anthropic-ratelimit-unified-status": "allowed",
+                           "anthropic-ratelimit-unified-5h-utilization": "0.42",
+                           "anthropic-ratelimit-unified-5h-reset": str(int(now) + 3600)}, now)
+        pool.learn(second, {"retry-after": "120"}, now)
+        pool.judge(second, 429, now)
+        client = app.test_client()
+        login(client)
+        rows = client.get("/dashboard/api/credentials").json["credentials"]
+        assert [(r["domain"], r["name"]) for r in rows] == [("pool.example", "max-1.json"),
+                                                            ("pool.example", "max-2.json")]
+        assert rows[0]["fiveHour"]["utilization"] == 0.42 and rows[0]["state"] == "ok"
+        assert rows[0]["requests"] == 1 and rows[0]["tokens"] == 1234
+        assert rows[1]["state"] == "cooling" and rows[1]["coolingUntil"] and rows[1]["requests"] == 0
+        page = client.get("/dashboard/credentials").get_data(as_text=True)
+        assert "42%" in page and "cooling" in page and "rate limited (429)" in page
+        assert "0123456789abcdef" not in page  # never a secret, not even partly
+    finally:
+        services.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -106,8 +107,10 @@ def test_no_secret_in_the_metrics(tmp_path):
            json={"model": "claude-x", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]})
     text = c.get("/metrics", headers={"authorization": "Bearer " + TOKEN}).get_data(as_text=True)
     assert "nexus_requests_total" in text
-    for secret in (PROXY_KEY, TEAM_KEY, TOKEN, UPSTREAM_KEY, TEAM_ANTHROPIC_KEY, "team-a.json"):
+    for secret in (PROXY_KEY, TEAM_KEY, TOKEN, UPSTREAM_KEY, TEAM_ANTHROPIC_KEY, str(tmp_path)):
         assert secret not in text
+    # a credential is named by its file name (as in /token-stats and GET /), never by its path or secret
+    assert 'nexus_credential_state{credential="team-a.json",state="ok"} 1' in text
 
 
 def test_oauth_credential_expiry_is_exposed_per_domain(tmp_path):
@@ -123,6 +126,33 @@ def test_oauth_credential_expiry_is_exposed_per_domain(tmp_path):
     family = parses(resp)["nexus_credential_expiry_timestamp_seconds"]
     assert [(s.labels, s.value) for s in family.samples] == [({"domain": "team-b.example.com"}, expires_ms / 1000)]
     assert "sk-ant-o" not in resp.get_data(as_text=True)
+
+
+def test_pooled_credentials_windows_and_state_are_exposed(tmp_path):
+    paths = []
+    for name in ("max-1.json", "max-2.json"):
+        path = tmp_path / name
+        path.write_text(json.dumps({"type": "api_key", "api_key": f"sk-ant-api03-{name}-metrics-secret"}))
+        os.chmod(path, 0o600)
+        paths.append(str(path))
+    c = client(tmp_path, PROXY_MODE="passthrough", PROXY_API_KEYS=PROXY_KEY,
+               DOMAIN_CREDENTIAL_MAPPING=json.dumps({"pool.example.com": paths}))
+    services = c.application.extensions["nexus"]
+    pool = services.credentials.domain_config("pool.example.com").pool
+    first, second = pool.files
+    now = time.time()
+    pool.learn(first, {"anthropic-ratelimit-unified-status": "allowed",
+                       "anthropic-ratelimit-unified-5h-utilization": "0.5",
+                       "anthropic-ratelimit-unified-7d-utilization": "0.25"}, now)
+    pool.learn(second, {"retry-after": "600"}, now)
+    pool.judge(second, 429, now)
+    families = parses(c.get("/metrics", headers={"x-api-key": PROXY_KEY}))
+    util = {(s.labels["credential"], s.labels["window"]): s.value
+            for s in families["nexus_credential_utilization_ratio"].samples}
+    assert util == {("max-1.json", "5h"): 0.5, ("max-1.json", "7d"): 0.25}
+    state = {(s.labels["credential"], s.labels["state"]): s.value for s in families["nexus_credential_state"].samples}
+    assert state[("max-1.json", "ok")] == 1 and state[("max-2.json", "cooling")] == 1
+    assert state[("max-2.json", "ok")] == 0
 
 
 def test_every_metric_is_documented_and_the_deploy_files_use_only_those(tmp_path):
