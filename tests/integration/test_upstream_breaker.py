@@ -116,3 +116,28 @@ def test_every_breaker_open_is_a_503_with_retry_after(tmp_path, fake_upstream):
     assert resp.status_code == 503 and resp.get_json()["error"]["type"] == "overloaded_error"
     assert 1 <= int(resp.headers["retry-after"]) <= 30
     assert len(served(fake)) == 10
+
+
+def test_each_upstream_is_called_through_its_own_api(tmp_path, fake_upstream):
+    """A Chat Completions upstream that fails moves the request to a Responses API upstream: converted for that
+    API, with that upstream's model map, and the answer converted back."""
+    fake = fake_upstream
+    upstreams = [
+        {"name": "chat", "base_url": fake.url + "/primary/v1", "api_key": "sk-primary-key-000001",
+         "model_map": {"claude-*": "primary-model"}},
+        {"name": "reasoner", "base_url": fake.url + "/backup/v1", "api_key": "sk-backup-key-000002",
+         "api": "responses", "model_map": {"claude-*": "gpt-5"}},
+    ]
+    env = {"USAGE_DB_PATH": str(tmp_path / "usage.sqlite3"), "TOKEN_REPORT_INTERVAL": "0",
+           "CLIENT_SETUP_DIR": str(tmp_path), "UPSTREAMS": json.dumps(upstreams), "UPSTREAM_RETRY_MAX_WAIT": "0"}
+    client = create_app(Settings.from_env(env), start_background=False).test_client()
+    fake.script("/chat/completions", [{"status": 503, "path_prefix": "/primary"}])
+    resp = client.post("/v1/messages", json=BODY)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.headers["x-nexus-upstream"] == "reasoner" and resp.headers["x-nexus-tries"] == "2"
+    message = resp.get_json()
+    assert message["type"] == "message" and message["model"] == "claude-sonnet-4-5"
+    assert any(block["type"] == "text" and block["text"] for block in message["content"])
+    sent = fake.requests("/responses")
+    assert [(r["path"].split("/")[1], r["body"]["model"]) for r in sent] == [("backup", "gpt-5")]
+    assert isinstance(sent[0]["body"]["input"], list)  # Responses items, not Chat messages
