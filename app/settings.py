@@ -40,22 +40,28 @@ class _Bool(fields.Field):
         raise ValidationError("must be true or false")
 
 
+def _json_object(value: Any) -> dict:
+    """A variable's JSON object (a mapping passes as it is; blank is {}), else a ValidationError."""
+    if isinstance(value, Mapping):
+        obj = value
+    else:
+        text = str(value).strip()
+        if not text:
+            return {}
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise ValidationError(f"must be a JSON object ({exc.msg} at position {exc.pos})")
+    if not isinstance(obj, dict):
+        raise ValidationError("must be a JSON object of strings")
+    return obj
+
+
 class _JsonObject(fields.Field):
     """A JSON object of string -> string (DOMAIN_CREDENTIAL_MAPPING, MODEL_MAP)."""
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
-        if isinstance(value, Mapping):
-            obj = value
-        else:
-            text = str(value).strip()
-            if not text:
-                return {}
-            try:
-                obj = json.loads(text)
-            except ValueError as exc:
-                raise ValidationError(f"must be a JSON object ({exc.msg} at position {exc.pos})")
-        if not isinstance(obj, dict):
-            raise ValidationError("must be a JSON object of strings")
+        obj = _json_object(value)
         bad = [k for k, v in obj.items() if not isinstance(v, str) or not v]
         if bad:
             raise ValidationError(f"must be a JSON object of strings; the value for {bad[0]!r} is not a non-empty string")
@@ -99,18 +105,7 @@ class _CredentialMapping(_JsonObject):
     """DOMAIN_CREDENTIAL_MAPPING: host -> a credential file, or a list of them in order of preference (a pool)."""
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
-        if isinstance(value, Mapping):
-            obj = value
-        else:
-            text = str(value).strip()
-            if not text:
-                return {}
-            try:
-                obj = json.loads(text)
-            except ValueError as exc:
-                raise ValidationError(f"must be a JSON object ({exc.msg} at position {exc.pos})")
-        if not isinstance(obj, dict):
-            raise ValidationError("must be a JSON object of strings")
+        obj = _json_object(value)
         out = {}
         for k, v in obj.items():
             if isinstance(v, list) and v and all(isinstance(p, str) and p for p in v):

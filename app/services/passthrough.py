@@ -146,7 +146,7 @@ class Passthrough:
         bound = self.settings.max_retries + 1
         while True:
             credential, f = self.credentials.choose(config, client_headers, conversation, tried)
-            resp = self._send_with(inc, url, client_headers, body, credential, self._time_left(rec.started, budget),
+            resp = self._send_with(inc, url, client_headers, body, credential, self.upstream.time_left(rec.started, budget),
                                    first=not tried)
             now = time.time()
             pool.learn(f, resp.headers, now)
@@ -199,14 +199,6 @@ class Passthrough:
                 kw.pop("on_sent", None)  # journaled by the first send
                 resp = self.upstream.send(method, url, headers, body, **kw)
         return resp
-
-    def _time_left(self, started: float, budget: float) -> urllib3.Timeout:
-        """This try's timeouts: the configured ones, cut to what is left of the request's time."""
-        s = self.settings
-        if not budget:
-            return urllib3.Timeout(connect=s.connect_timeout or None, read=s.read_timeout or None)
-        left = max(0.5, budget - (time.perf_counter() - started))
-        return urllib3.Timeout(connect=min(s.connect_timeout or left, left), read=min(s.read_timeout or left, left))
 
     def _observe_single(self, pool, f, resp) -> None:
         """A lone credential is always used; its answers still feed its state for GET / and Slack."""

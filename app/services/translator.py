@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-import urllib3
 
 from .. import jsoncodec, logs
 from ..client_key import presented_key
@@ -120,7 +119,7 @@ class Translator:
             rec.api_key_masked = mask_secret(key)
             rec.auth_type = "api_key"
             headers = translation_headers(key, stream)
-            kw = {"max_retries": 0, "timeout": self._time_left(rec.started, budget)} if many else {}
+            kw = {"max_retries": 0, "timeout": self.upstream.time_left(rec.started, budget)} if many else {}
             if tries == 1:
                 kw["on_sent"] = lambda: self.recorder.begin(rec)  # the upstream has the request: journal it
             if many:
@@ -181,14 +180,6 @@ class Translator:
             return anthropic_to_openai(body, chosen, stream=stream, options=options)
         except UnsupportedContent as exc:
             raise invalid_request(str(exc)) from None
-
-    def _time_left(self, started: float, budget: float) -> urllib3.Timeout:
-        """This try's timeouts: the configured ones, cut to what is left of the request's time."""
-        s = self.settings
-        if not budget:
-            return urllib3.Timeout(connect=s.connect_timeout or None, read=s.read_timeout or None)
-        left = max(0.5, budget - (time.perf_counter() - started))
-        return urllib3.Timeout(connect=min(s.connect_timeout or left, left), read=min(s.read_timeout or left, left))
 
     def api_for(self, body: dict, target: Upstream | None = None) -> str:
         """The upstream API for this request ("chat" or "responses") on `target` (default: the first upstream)."""

@@ -144,6 +144,15 @@ class UpstreamClient:
             return resp
         raise AssertionError("unreachable")
 
+    def time_left(self, started: float, budget: float) -> urllib3.Timeout:
+        """A failover try's timeouts: the configured ones, cut to what is left of the request's `budget`
+        seconds (from `started`, a perf_counter time), so the tries together stay inside the request's time."""
+        s = self.settings
+        if not budget:
+            return urllib3.Timeout(connect=s.connect_timeout or None, read=s.read_timeout or None)
+        left = max(0.5, budget - (time.perf_counter() - started))
+        return urllib3.Timeout(connect=min(s.connect_timeout or left, left), read=min(s.read_timeout or left, left))
+
     def _backoff(self, attempt: int, retry_after: float | None, why: str, reason: str) -> None:
         if self.on_retry is not None:
             self.on_retry(reason)

@@ -8,6 +8,7 @@ from typing import Any, ContextManager, Sequence
 
 from ..records import RequestRecord
 from .dashboard import DashboardQueries
+from .where import time_range
 
 SCHEMA_VERSION = 5
 
@@ -332,13 +333,8 @@ _COUNTER_AGGREGATES = (
 def credential_stats_query(ph: str, since: float | None, until: float | None,
                            domain: str | None = None) -> tuple[str, list]:
     """SQL + params for usage per credential (request rows only: the counters do not know credentials)."""
-    where, params = ["credential IS NOT NULL"], []
-    if since is not None:
-        where.append(f"ts >= {ph}")
-        params.append(float(since))
-    if until is not None:
-        where.append(f"ts < {ph}")
-        params.append(float(until))
+    where, params = time_range(ph, since, until)
+    where.insert(0, "credential IS NOT NULL")
     if domain is not None:
         where.append(f"domain = {ph}")
         params.append(domain)
@@ -359,12 +355,7 @@ def stats_query(kind: str, ph: str, since: float | None, until: float | None,
         select = f"SELECT COALESCE(model_used, model_requested, 'unknown') AS model, {_ROW_AGGREGATES}" \
             f" FROM {prefix}requests" if kind == "model" else \
             f"SELECT domain, {_ROW_AGGREGATES} FROM {prefix}requests"
-        if since is not None:
-            where.append(f"ts >= {ph}")
-            params.append(float(since))
-        if until is not None:
-            where.append(f"ts < {ph}")
-            params.append(float(until))
+        where, params = time_range(ph, since, until)
     if domain is not None:
         where.append(f"domain = {ph}")
         params.append(domain)

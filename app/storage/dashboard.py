@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from .where import time_range
+
 # Status classes the request log filters on.
 STATUS_CLASSES = {
     "2xx": "status >= 200 AND status < 300",
@@ -162,14 +164,7 @@ class DashboardQueries:
 
     def _where(self, since: float | None, until: float | None, filters: Mapping[str, Any] | None) -> tuple[str, list]:
         ph = self.placeholder
-        where: list[str] = []
-        params: list = []
-        if since is not None:
-            where.append(f"ts >= {ph}")
-            params.append(float(since))
-        if until is not None:
-            where.append(f"ts < {ph}")
-            params.append(float(until))
+        where, params = time_range(ph, since, until)
         columns = None
         for name, value in (filters or {}).items():
             if value is None or value == "":
