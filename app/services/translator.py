@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-
 from .. import jsoncodec, logs
 from ..client_key import presented_key
 from ..errors import ProxyError, from_upstream, invalid_request, status_for_error_type
