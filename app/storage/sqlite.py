@@ -1,6 +1,7 @@
 """SQLite storage: the embedded default for one host, shared by every gunicorn worker through one WAL file."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -9,7 +10,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ..records import RequestRecord
 from .dashboard import rollup_backfill, rollup_ddl, rollup_upserts, rollups
@@ -189,24 +190,31 @@ class SqliteStorage(Storage):
             return
         rows = [request_row(r) for r in records]
         by_domain, by_model = aggregate(rows)
+        with self._write() as conn:
+            if skip_existing:
+                # Under the write lock, so two replays of one record cannot both miss the other.
+                rows = new_rows(rows, self._existing_ids(conn, [r[1] for r in rows]))
+                by_domain, by_model = aggregate(rows)
+            conn.executemany(_UPSERT_DOMAIN, [(d, *v) for d, v in by_domain.items()])
+            conn.executemany(_UPSERT_MODEL, [(d, m, *v) for (d, m), v in by_model.items()])
+            conn.executemany(_INSERT_REQUEST, rows)
+            usage, durations = rollups(rows)
+            conn.executemany(_UPSERT_ROLLUP, usage)
+            conn.executemany(_UPSERT_DURATIONS, durations)
+            # Row ids grow by one per insert, so this keeps exactly the newest N rows
+            # with an index range delete (no count, no scan).
+            conn.execute(_PRUNE, (self.retention_rows,))
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE (the write lock first, so a read and the write that follows
+        are one step for every worker), COMMIT, or ROLLBACK on any failure; SQLite's errors as StorageErrors."""
         with self._lock:
             try:
                 conn = self._ready()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    if skip_existing:
-                        # Under the write lock, so two replays of one record cannot both miss the other.
-                        rows = new_rows(rows, self._existing_ids(conn, [r[1] for r in rows]))
-                        by_domain, by_model = aggregate(rows)
-                    conn.executemany(_UPSERT_DOMAIN, [(d, *v) for d, v in by_domain.items()])
-                    conn.executemany(_UPSERT_MODEL, [(d, m, *v) for (d, m), v in by_model.items()])
-                    conn.executemany(_INSERT_REQUEST, rows)
-                    usage, durations = rollups(rows)
-                    conn.executemany(_UPSERT_ROLLUP, usage)
-                    conn.executemany(_UPSERT_DURATIONS, durations)
-                    # Row ids grow by one per insert, so this keeps exactly the newest N rows
-                    # with an index range delete (no count, no scan).
-                    conn.execute(_PRUNE, (self.retention_rows,))
+                    yield conn
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -296,36 +304,26 @@ class SqliteStorage(Storage):
 
     def save_credential_state(self, key: str, data: dict, updated_at: float, phase: str | None = None,
                               merge=None) -> tuple[bool, str | None]:
-        with self._lock:
-            try:
-                conn = self._ready()
-                conn.execute("BEGIN IMMEDIATE")  # the read and the write are one step for every worker
+        with self._write() as conn:
+            row = conn.execute("SELECT phase, updated_at, data FROM nexus_credential_state WHERE key = ?",
+                               (key,)).fetchone()
+            before = row[0] if row else None
+            newer = row is None or updated_at >= row[1]
+            if row is not None and merge is not None:
                 try:
-                    row = conn.execute("SELECT phase, updated_at, data FROM nexus_credential_state WHERE key = ?",
-                                       (key,)).fetchone()
-                    before = row[0] if row else None
-                    newer = row is None or updated_at >= row[1]
-                    if row is not None and merge is not None:
-                        try:
-                            stored = json.loads(row[2])
-                        except ValueError:
-                            stored = {}
-                        # the newer copy's windows, both copies' cooling and breakage: always worth writing
-                        data, newer = (merge(stored, data) if newer else merge(data, stored)), True
-                    text = json.dumps(data, separators=(",", ":"))
-                    if row is None:
-                        conn.execute("INSERT INTO nexus_credential_state (key, phase, data, updated_at)"
-                                     " VALUES (?, ?, ?, ?)", (key, phase or "ok", text, updated_at))
-                    elif phase is not None or newer:
-                        conn.execute("UPDATE nexus_credential_state SET phase = ?, data = CASE WHEN ? THEN ? ELSE data"
-                                     " END, updated_at = MAX(updated_at, ?) WHERE key = ?",
-                                     (phase or before, newer, text, updated_at, key))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except (sqlite3.Error, OSError) as exc:
-                raise StorageError(f"SQLite write failed: {exc}") from exc
+                    stored = json.loads(row[2])
+                except ValueError:
+                    stored = {}
+                # the newer copy's windows, both copies' cooling and breakage: always worth writing
+                data, newer = (merge(stored, data) if newer else merge(data, stored)), True
+            text = json.dumps(data, separators=(",", ":"))
+            if row is None:
+                conn.execute("INSERT INTO nexus_credential_state (key, phase, data, updated_at)"
+                             " VALUES (?, ?, ?, ?)", (key, phase or "ok", text, updated_at))
+            elif phase is not None or newer:
+                conn.execute("UPDATE nexus_credential_state SET phase = ?, data = CASE WHEN ? THEN ? ELSE data"
+                             " END, updated_at = MAX(updated_at, ?) WHERE key = ?",
+                             (phase or before, newer, text, updated_at, key))
         return (phase is not None and before != phase), before
 
     def sticky_credential(self, conversation: str) -> str | None:
@@ -335,22 +333,12 @@ class SqliteStorage(Storage):
     def save_sticky_credentials(self, pairs: dict[str, str], now: float) -> None:
         if not pairs:
             return
-        with self._lock:
-            try:
-                conn = self._ready()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany("INSERT INTO nexus_sticky (conversation, credential, updated_at) VALUES (?, ?, ?)"
-                                     " ON CONFLICT (conversation) DO UPDATE SET credential = excluded.credential,"
-                                     " updated_at = excluded.updated_at", [(c, n, now) for c, n in pairs.items()])
-                    # conversations idle for a day have lost their prompt cache anyway
-                    conn.execute("DELETE FROM nexus_sticky WHERE updated_at < ?", (now - 86400,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except (sqlite3.Error, OSError) as exc:
-                raise StorageError(f"SQLite write failed: {exc}") from exc
+        with self._write() as conn:
+            conn.executemany("INSERT INTO nexus_sticky (conversation, credential, updated_at) VALUES (?, ?, ?)"
+                             " ON CONFLICT (conversation) DO UPDATE SET credential = excluded.credential,"
+                             " updated_at = excluded.updated_at", [(c, n, now) for c, n in pairs.items()])
+            # conversations idle for a day have lost their prompt cache anyway
+            conn.execute("DELETE FROM nexus_sticky WHERE updated_at < ?", (now - 86400,))
 
     def totals_version(self) -> int:
         row = self._query("SELECT COALESCE(SUM(request_count), 0) FROM nexus_domain_usage")
