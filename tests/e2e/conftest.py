@@ -138,3 +138,27 @@ def hang_up_mid_stream(proxy: ProxyServer, body: dict, slow_upstream: SlowUpstre
     # the slow upstream would go on for a minute; the proxy must hang up on it within a few gaps
     assert slow_upstream.closed.wait(8), "upstream connection still open after the client left"
     assert slow_upstream.sent - sent_then <= 15  # events, 0.2 s apart: closed within ~3 s at worst
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """A telemetry endpoint / Slack webhook that records every JSON POST."""
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.posts.append({"path": self.path, "json": json.loads(body)})
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recorder():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.posts = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()

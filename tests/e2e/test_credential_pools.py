@@ -6,12 +6,10 @@ The pool is two OAuth subscriptions and one API key, mapped to the host the clie
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import anthropic
 import pytest
@@ -27,26 +25,10 @@ NAMES = ("a-max-1.json", "a-max-2.json", "a-api-key.json")
 FAR = int(time.time() * 1000) + 30 * 86400 * 1000  # expiresAt: no refresh on the way
 
 
-class SlackHook(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.server.posts.append(json.loads(body))
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def slack() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlackHook)
-    server.posts = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
+def slack(recorder) -> ThreadingHTTPServer:
+    """The Slack webhook: every JSON POST it got."""
+    return recorder
 
 
 def write_pool(folder: Path, a1: str = A1) -> list[str]:
@@ -117,7 +99,8 @@ def health(proxy: ProxyServer) -> dict:
 
 def notices(slack) -> list[str]:
     """The credential notices among the Slack posts (the requests' own posts go there too)."""
-    return [p["text"] for p in slack.posts if p["text"].split(" ", 1)[-1].startswith("Credential ")]
+    texts = [p["json"]["text"] for p in slack.posts]
+    return [t for t in texts if t.split(" ", 1)[-1].startswith("Credential ")]
 
 
 def pool_view(proxy: ProxyServer) -> dict[str, dict]:

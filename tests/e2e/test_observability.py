@@ -1,10 +1,8 @@
 """Telemetry, Slack and logs as an operator sees them, from the real server."""
 import json
 import socket
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anthropic
 import pytest
@@ -13,30 +11,6 @@ from tests.fakes.server import ProxyServer
 
 READ_TOOL = {"name": "Read", "description": "Read a file",
              "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}}}
-
-
-class Recorder(BaseHTTPRequestHandler):
-    """A telemetry endpoint / Slack webhook that records every JSON POST."""
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.server.posts.append({"path": self.path, "json": json.loads(body)})
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def recorder():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    server.posts = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
 
 
 @pytest.fixture
