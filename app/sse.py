@@ -32,6 +32,11 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
         """Return the `(event name or None, data bytes)` of every event completed by `chunk`."""
+        complete = self._complete(chunk)
+        return _events(complete, True) if complete else []
+
+    def _complete(self, chunk: bytes) -> bytes:
+        """The bytes of every event `chunk` completes (b"" if none); the rest is kept for the next read."""
         if self._cr:
             self._cr = False
             chunk = b"\r" + chunk
@@ -51,7 +56,7 @@ class SSEDecoder:
                 self._size += len(chunk)
                 if self._size > self.max_event:
                     raise SSEEventTooLarge(self.max_event)
-            return []
+            return b""
         if self._parts:
             self._parts.append(chunk[:cut])
             complete = b"".join(self._parts)
@@ -62,24 +67,58 @@ class SSEDecoder:
         self._size = len(rest)
         if self._size > self.max_event:
             raise SSEEventTooLarge(self.max_event)
-        events = []
-        for block in complete.split(b"\n\n"):
-            if not block:
-                continue
-            event = None
-            data = []
-            for line in block.split(b"\n"):
-                if line.startswith(b"data:"):
-                    value = line[5:]
-                    data.append(value[1:] if value[:1] == b" " else value)
-                elif line.startswith(b"event:"):
-                    event = line[6:].strip().decode("utf-8", "replace")
-                # comments (":") and other fields (id, retry) carry nothing we use
-            if data or event:
-                events.append((event, b"\n".join(data)))
-        return events
+        return complete
 
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (an upstream that stopped mid-event leaves some)."""
         return b"".join(self._parts) + (b"\r" if self._cr else b"")
+
+
+class RawNameSSEDecoder(SSEDecoder):
+    """An SSEDecoder whose event names stay bytes, for a reader that only compares them to names it knows.
+
+    A stream that names every event (the Responses API's `event: <type>` then one `data:` line) is cut
+    here without splitting each event into lines or decoding its name: the cost per event is a few
+    slices, and the work stays linear in the bytes. Any other shape goes through the general parser.
+    """
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes | None, bytes]]:  # type: ignore[override]
+        """Return the `(event name bytes or None, data bytes)` of every event completed by `chunk`."""
+        complete = self._complete(chunk)
+        if not complete:
+            return []
+        events = []
+        for block in complete.split(b"\n\n"):
+            if block[:7] == b"event: ":
+                nl = block.find(b"\n", 7)
+                if nl > 0 and block[nl + 1:nl + 7] == b"data: " and block.find(b"\n", nl + 7) < 0:
+                    events.append((block[7:nl].strip(), block[nl + 7:]))
+                    continue
+            if block:
+                events.extend(_events(block, False))
+        return events
+
+
+def _events(complete: bytes, decode_names: bool) -> list:
+    """The `(event name, data)` of each event in `complete` (whole events); names decoded if asked."""
+    events = []
+    for block in complete.split(b"\n\n"):
+        if not block:
+            continue
+        event = None
+        data = []
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value[:1] == b" " else value)
+            elif line.startswith(b"event:"):
+                event = line[6:].strip()
+                if decode_names:
+                    event = event.decode("utf-8", "replace")
+            # comments (":") and other fields (id, retry) carry nothing we use
+        if data or event:
+            events.append((event, b"\n".join(data)))
+    return events
