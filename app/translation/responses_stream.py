@@ -29,6 +29,12 @@ IGNORED_EVENTS = frozenset({
 _SEPARATOR = reasoning_items.SUMMARY_JOIN
 
 
+def _item_key(event: dict) -> Any:
+    """Which block an event is for: its output_index, else (an upstream that leaves it out) its item_id."""
+    output_index = event.get("output_index")
+    return output_index if type(output_index) is int else event.get("item_id")
+
+
 class _Block:
     __slots__ = ("kind", "index", "item_id", "closed", "parts", "streamed", "call_id", "name")
 
@@ -88,6 +94,13 @@ class ResponsesStreamTranslator:
         if self._finished or not isinstance(event, dict):
             return b""
         kind = event.get("type")
+        if kind == "response.output_text.delta" and self._started:
+            # Most events of an answer are this one, for the block already open: it goes out without the
+            # general path (any other case, such as a block not yet open, takes it below).
+            block = self._blocks.get(_item_key(event))
+            delta = event.get("delta")
+            if block is not None and not block.closed and isinstance(delta, str) and delta:
+                return self._text_event(block, delta)
         out: list[bytes] = []
         if kind == "response.created":
             return self.start(event.get("response"))
@@ -270,11 +283,9 @@ class ResponsesStreamTranslator:
 
     def _block_for(self, event: dict, kind: str, out: list[bytes]) -> _Block | None:
         """The open block for a delta's item, opening one if the item was never added; None if it is done."""
-        output_index = event.get("output_index")
-        key = output_index if type(output_index) is int else event.get("item_id")
-        block = self._blocks.get(key)
+        block = self._blocks.get(_item_key(event))
         if block is None:
-            return self._open_block(output_index, {"type": kind, "id": event.get("item_id")}, out)
+            return self._open_block(event.get("output_index"), {"type": kind, "id": event.get("item_id")}, out)
         return None if block.closed else block
 
     def _emit(self, block: _Block, delta_type: str, field: str, fragment: str, out: list[bytes]) -> None:
@@ -287,11 +298,17 @@ class ResponsesStreamTranslator:
         block = self._block_for(event, _MESSAGE, out)
         if block is None or not isinstance(delta, str) or not delta:
             return
-        self._emit(block, "text_delta", "text", delta, out)
+        out.append(self._text_event(block, delta))
+
+    def _text_event(self, block: _Block, delta: str) -> bytes:
+        """The event for a text fragment of `block`; the text is kept (up to TEXT_CAP) for the record."""
+        block.streamed = True
+        self._chars += len(delta)
         if self._text_len < TEXT_CAP:
             piece = delta[: TEXT_CAP - self._text_len]
             self._text.append(piece)
             self._text_len += len(piece)
+        return _delta_event(block.index, "text_delta", "text", delta)
 
     def _summary_part(self, block: _Block, summary_index: Any, out: list[bytes]) -> None:
         """Start summary parts up to `summary_index`; parts after the first are set off by a blank line."""
