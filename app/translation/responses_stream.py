@@ -289,9 +289,12 @@ class ResponsesStreamTranslator:
         return None if block.closed else block
 
     def _emit(self, block: _Block, delta_type: str, field: str, fragment: str, out: list[bytes]) -> None:
+        out.append(self._delta(block, delta_type, field, fragment))
+
+    def _delta(self, block: _Block, delta_type: str, field: str, fragment: str) -> bytes:
         block.streamed = True
         self._chars += len(fragment)
-        out.append(_delta_event(block.index, delta_type, field, fragment))
+        return _delta_event(block.index, delta_type, field, fragment)
 
     def _text_delta(self, event: dict, out: list[bytes]) -> None:
         delta = event.get("delta")
@@ -302,13 +305,11 @@ class ResponsesStreamTranslator:
 
     def _text_event(self, block: _Block, delta: str) -> bytes:
         """The event for a text fragment of `block`; the text is kept (up to TEXT_CAP) for the record."""
-        block.streamed = True
-        self._chars += len(delta)
         if self._text_len < TEXT_CAP:
             piece = delta[: TEXT_CAP - self._text_len]
             self._text.append(piece)
             self._text_len += len(piece)
-        return _delta_event(block.index, "text_delta", "text", delta)
+        return self._delta(block, "text_delta", "text", delta)
 
     def _summary_part(self, block: _Block, summary_index: Any, out: list[bytes]) -> None:
         """Start summary parts up to `summary_index`; parts after the first are set off by a blank line."""
