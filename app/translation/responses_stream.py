@@ -27,6 +27,7 @@ IGNORED_EVENTS = frozenset({
     "response.output_text.annotation.added",
 })
 _SEPARATOR = reasoning_items.SUMMARY_JOIN
+_MESSAGE_STOP = format_sse("message_stop", {"type": "message_stop"})
 
 
 def _item_key(event: dict) -> Any:
@@ -45,8 +46,10 @@ class _Block:
         self.closed = False
         self.parts: list[int] = []  # reasoning: length of each summary part sent
         self.streamed = False  # any delta sent
-        call_id = item.get("call_id")
-        self.call_id = call_id if isinstance(call_id, str) and call_id else new_tool_id()
+        self.call_id = ""  # only a tool_use block shows one (so only a call draws a random one)
+        if kind == _FUNCTION:
+            call_id = item.get("call_id")
+            self.call_id = call_id if isinstance(call_id, str) and call_id else new_tool_id()
         self.name = item.get("name") if isinstance(item.get("name"), str) else ""
 
 
@@ -71,6 +74,7 @@ class ResponsesStreamTranslator:
         self._chars = 0
         self._refused = False
         self._usage: dict | None = None
+        self._cached: int | None = None  # the usage's cached input tokens, when it reports them
         self._stop_reason: str | None = None
         self._error: tuple[str, str] | None = None
 
@@ -132,6 +136,7 @@ class ResponsesStreamTranslator:
         elif kind in ("response.completed", "response.incomplete"):
             response = event.get("response") if isinstance(event.get("response"), dict) else {}
             self._usage = response.get("usage") if isinstance(response.get("usage"), dict) else None
+            self._cached = cached_input_tokens(self._usage)
             open_block = self._open
             if open_block is not None and open_block.kind == _REASONING and isinstance(response.get("output"), list):
                 # its .done never came: the final output still holds the encrypted content
@@ -167,13 +172,13 @@ class ResponsesStreamTranslator:
         usage: dict[str, int] = {"output_tokens": self.output_tokens}
         if self._usage_reported:
             usage["input_tokens"] = self.input_tokens
-            if cached_input_tokens(self._usage) is not None:
+            if self._cached is not None:
                 usage["cache_read_input_tokens"] = self.cache_read_input_tokens
         out.append(format_sse("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": self._stop_reason, "stop_sequence": None},
             "usage": usage,
         }))
-        out.append(format_sse("message_stop", {"type": "message_stop"}))
+        out.append(_MESSAGE_STOP)
         self._finished = True
         self._done = True
         return b"".join(out)
@@ -218,7 +223,7 @@ class ResponsesStreamTranslator:
 
     @property
     def cache_read_input_tokens(self) -> int:
-        return (cached_input_tokens(self._usage) or 0) if self._usage is not None else 0
+        return self._cached or 0
 
     @property
     def tool_calls(self) -> int:
