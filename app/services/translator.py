@@ -16,7 +16,7 @@ from .headers import translation_headers
 from .recording import Recorder, last_user_text
 from .relay import failure_kind, read_error_body, relay_stream, stream_failure, upstream_http_error
 from .upstream import UpstreamClient, close_quietly
-from ..sse import SSEDecoder
+from ..sse import RawNameSSEDecoder, SSEDecoder
 from .thinking_key import ThinkingKey
 from ..translation.models import ModelRouter, model_map_for, upstream_api
 from ..translation.request import Options, UnsupportedContent, anthropic_to_openai
@@ -264,11 +264,12 @@ class _ConvertedStream:
 
     __slots__ = ("translator", "decoder", "done", "reusable")
     SKIP: frozenset = frozenset()
+    DECODER: type[SSEDecoder] = SSEDecoder
     MALFORMED = "Upstream sent a malformed stream event"
 
     def __init__(self, translator, max_event: int) -> None:
         self.translator = translator
-        self.decoder = SSEDecoder(max_event)
+        self.decoder = self.DECODER(max_event)
         self.done = False
         self.reusable = False
 
@@ -352,8 +353,10 @@ class ResponsesStream(_ConvertedStream):
     failed, error)."""
 
     __slots__ = ()
-    # not parsed: message_start went out as the head, and these add nothing (some repeat the whole answer)
-    SKIP = IGNORED_EVENTS | {"response.created"}
+    # not parsed: message_start went out as the head, and these add nothing (some repeat the whole answer);
+    # known by their `event:` line, whose name the decoder leaves as bytes
+    SKIP = frozenset(name.encode() for name in IGNORED_EVENTS | {"response.created"})
+    DECODER = RawNameSSEDecoder
 
     def __init__(self, translator: ResponsesStreamTranslator, max_event: int) -> None:
         super().__init__(translator, max_event)

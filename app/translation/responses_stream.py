@@ -27,6 +27,13 @@ IGNORED_EVENTS = frozenset({
     "response.output_text.annotation.added",
 })
 _SEPARATOR = reasoning_items.SUMMARY_JOIN
+_MESSAGE_STOP = format_sse("message_stop", {"type": "message_stop"})
+
+
+def _item_key(event: dict) -> Any:
+    """Which block an event is for: its output_index, else (an upstream that leaves it out) its item_id."""
+    output_index = event.get("output_index")
+    return output_index if type(output_index) is int else event.get("item_id")
 
 
 class _Block:
@@ -39,8 +46,10 @@ class _Block:
         self.closed = False
         self.parts: list[int] = []  # reasoning: length of each summary part sent
         self.streamed = False  # any delta sent
-        call_id = item.get("call_id")
-        self.call_id = call_id if isinstance(call_id, str) and call_id else new_tool_id()
+        self.call_id = ""  # only a tool_use block shows one (so only a call draws a random one)
+        if kind == _FUNCTION:
+            call_id = item.get("call_id")
+            self.call_id = call_id if isinstance(call_id, str) and call_id else new_tool_id()
         self.name = item.get("name") if isinstance(item.get("name"), str) else ""
 
 
@@ -65,6 +74,7 @@ class ResponsesStreamTranslator:
         self._chars = 0
         self._refused = False
         self._usage: dict | None = None
+        self._cached: int | None = None  # the usage's cached input tokens, when it reports them
         self._stop_reason: str | None = None
         self._error: tuple[str, str] | None = None
 
@@ -88,6 +98,13 @@ class ResponsesStreamTranslator:
         if self._finished or not isinstance(event, dict):
             return b""
         kind = event.get("type")
+        if kind == "response.output_text.delta" and self._started:
+            # Most events of an answer are this one, for the block already open: it goes out without the
+            # general path (any other case, such as a block not yet open, takes it below).
+            block = self._blocks.get(_item_key(event))
+            delta = event.get("delta")
+            if block is not None and not block.closed and isinstance(delta, str) and delta:
+                return self._text_event(block, delta)
         out: list[bytes] = []
         if kind == "response.created":
             return self.start(event.get("response"))
@@ -119,6 +136,7 @@ class ResponsesStreamTranslator:
         elif kind in ("response.completed", "response.incomplete"):
             response = event.get("response") if isinstance(event.get("response"), dict) else {}
             self._usage = response.get("usage") if isinstance(response.get("usage"), dict) else None
+            self._cached = cached_input_tokens(self._usage)
             open_block = self._open
             if open_block is not None and open_block.kind == _REASONING and isinstance(response.get("output"), list):
                 # its .done never came: the final output still holds the encrypted content
@@ -154,13 +172,13 @@ class ResponsesStreamTranslator:
         usage: dict[str, int] = {"output_tokens": self.output_tokens}
         if self._usage_reported:
             usage["input_tokens"] = self.input_tokens
-            if cached_input_tokens(self._usage) is not None:
+            if self._cached is not None:
                 usage["cache_read_input_tokens"] = self.cache_read_input_tokens
         out.append(format_sse("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": self._stop_reason, "stop_sequence": None},
             "usage": usage,
         }))
-        out.append(format_sse("message_stop", {"type": "message_stop"}))
+        out.append(_MESSAGE_STOP)
         self._finished = True
         self._done = True
         return b"".join(out)
@@ -205,7 +223,7 @@ class ResponsesStreamTranslator:
 
     @property
     def cache_read_input_tokens(self) -> int:
-        return (cached_input_tokens(self._usage) or 0) if self._usage is not None else 0
+        return self._cached or 0
 
     @property
     def tool_calls(self) -> int:
@@ -270,28 +288,33 @@ class ResponsesStreamTranslator:
 
     def _block_for(self, event: dict, kind: str, out: list[bytes]) -> _Block | None:
         """The open block for a delta's item, opening one if the item was never added; None if it is done."""
-        output_index = event.get("output_index")
-        key = output_index if type(output_index) is int else event.get("item_id")
-        block = self._blocks.get(key)
+        block = self._blocks.get(_item_key(event))
         if block is None:
-            return self._open_block(output_index, {"type": kind, "id": event.get("item_id")}, out)
+            return self._open_block(event.get("output_index"), {"type": kind, "id": event.get("item_id")}, out)
         return None if block.closed else block
 
     def _emit(self, block: _Block, delta_type: str, field: str, fragment: str, out: list[bytes]) -> None:
+        out.append(self._delta(block, delta_type, field, fragment))
+
+    def _delta(self, block: _Block, delta_type: str, field: str, fragment: str) -> bytes:
         block.streamed = True
         self._chars += len(fragment)
-        out.append(_delta_event(block.index, delta_type, field, fragment))
+        return _delta_event(block.index, delta_type, field, fragment)
 
     def _text_delta(self, event: dict, out: list[bytes]) -> None:
         delta = event.get("delta")
         block = self._block_for(event, _MESSAGE, out)
         if block is None or not isinstance(delta, str) or not delta:
             return
-        self._emit(block, "text_delta", "text", delta, out)
+        out.append(self._text_event(block, delta))
+
+    def _text_event(self, block: _Block, delta: str) -> bytes:
+        """The event for a text fragment of `block`; the text is kept (up to TEXT_CAP) for the record."""
         if self._text_len < TEXT_CAP:
             piece = delta[: TEXT_CAP - self._text_len]
             self._text.append(piece)
             self._text_len += len(piece)
+        return self._delta(block, "text_delta", "text", delta)
 
     def _summary_part(self, block: _Block, summary_index: Any, out: list[bytes]) -> None:
         """Start summary parts up to `summary_index`; parts after the first are set off by a blank line."""

@@ -4,7 +4,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from app.records import RequestRecord
 from app.services.relay import StreamBody, abandoned, stream_failure
-from app.sse import SSEDecoder
+from app.sse import RawNameSSEDecoder, SSEDecoder
 
 
 def test_events_split_anywhere_come_out_whole():
@@ -25,6 +25,22 @@ def test_an_unterminated_event_stays_pending():
     decoder = SSEDecoder()
     assert decoder.feed(b'data: {"half"') == []
     assert decoder.pending == b'data: {"half"'
+
+
+def test_the_raw_name_decoder_cuts_what_the_general_one_does():
+    raw = (b'event: response.created\ndata: {"a":1}\n\n: comment\n\nevent: response.output_text.delta\n'
+           b'data: {"d":"x"}\n\n\nevent:ping\ndata:{}\n\ndata: line one\ndata: line two\n\n'
+           b'id: 4\nevent: x\ndata: 1\n\nevent: a\nevent: b\ndata: 2\n\nevent: \xff\ndata: 3\r\n\r\n'
+           b'event: only\n\n\n\n')
+    for cut in range(0, len(raw) + 1):
+        general, raw_names = SSEDecoder(), RawNameSSEDecoder()
+        expected = general.feed(raw[:cut]) + general.feed(raw[cut:])
+        events = raw_names.feed(raw[:cut]) + raw_names.feed(raw[cut:])
+        assert [(name.decode("utf-8", "replace") if name is not None else None, data)
+                for name, data in events] == expected, cut
+        assert raw_names.pending == general.pending
+    assert RawNameSSEDecoder().feed(raw)[:2] == [(b"response.created", b'{"a":1}'),
+                                                 (b"response.output_text.delta", b'{"d":"x"}')]
 
 
 @pytest.mark.parametrize("exc, error_type", [
