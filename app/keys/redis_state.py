@@ -19,22 +19,26 @@ local window = tonumber(ARGV[1])
 local oldest = sec - window + 1
 local function load(key, prune)
   local flat = redis.call('HGETALL', key)
-  local total, items, stale = 0, {}, {}
+  local total, stale = 0, {}
   for i = 1, #flat, 2 do
-    local s = tonumber(flat[i])
-    local n = tonumber(flat[i + 1])
-    if s < oldest then stale[#stale + 1] = flat[i] else total = total + n; items[#items + 1] = {s, n} end
+    if tonumber(flat[i]) < oldest then stale[#stale + 1] = flat[i] else total = total + tonumber(flat[i + 1]) end
   end
   if prune and #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  table.sort(items, function(a, b) return a[1] < b[1] end)
-  return total, items
+  return total, flat
 end
 """
 
 ADMIT = _PRELUDE + """
 local rpm, tpm, conc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local lease, ttl = ARGV[5], tonumber(ARGV[6])
-local function free_at(items, need)
+local ttl, lease = tonumber(ARGV[5]), ARGV[6]
+-- The buckets in order, only for a refusal (an admitted request needs the totals alone).
+local function free_at(flat, need)
+  local items = {}
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    if s >= oldest then items[#items + 1] = {s, tonumber(flat[i + 1])} end
+  end
+  table.sort(items, function(a, b) return a[1] < b[1] end)
   local freed = 0
   for _, it in ipairs(items) do
     freed = freed + it[2]
@@ -67,7 +71,8 @@ if reason == '' then
     live = live + 1
   end
 end
-return {reason, tostring(now), req_used, tok_used, live, tostring(req_free), tostring(tok_free)}
+return table.concat({reason, tostring(now), string.format('%d', req_used), string.format('%d', tok_used),
+  string.format('%d', live), tostring(req_free), tostring(tok_free)}, ' ')
 """
 
 FINISH = _PRELUDE + """
@@ -95,6 +100,16 @@ return {req, tok, live}
 """
 
 
+def _bulk(value) -> bytes:
+    """One argument as RESP, encoded as redis-py encodes it (numbers by their repr)."""
+    raw = value if isinstance(value, bytes) else (value if isinstance(value, str) else repr(value)).encode()
+    return b"$%d\r\n%s\r\n" % (len(raw), raw)
+
+
+# The packed start of each key's ADMIT and FINISH command (everything but the lease id and tokens) is kept:
+# packing the whole command again on every request cost more than the step's own work. A bound on how many.
+MAX_HEADS = 4096
+
 # A finished request's step (free its lease, count its tokens) is written to Redis at once on a connection of
 # its own, and its reply is read later, when it is already there: Redis runs the step within microseconds, long
 # before the client can send its next request, while the request path never waits for that round trip (under
@@ -117,6 +132,7 @@ class RedisState:
         self.client = client or redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                                      retry_on_timeout=False)
         self._sha: dict[str, str] = {}
+        self._heads: dict[tuple, bytes] = {}  # (script, key id, fixed args) -> packed start of the command
         self._finisher = None  # the connection finished steps are written on
         self._idle: list = []  # our connections not in use (one per greenlet waiting on Redis at once)
         self._reply_error = redis.exceptions.ResponseError
@@ -128,8 +144,23 @@ class RedisState:
         return base + "r", base + "t", base + "l"
 
     def _load_scripts(self) -> None:
+        self._heads.clear()
         for script in (ADMIT, FINISH, RENEW, USAGE):
             self._sha[script] = self.client.script_load(script)
+
+    def _head(self, script: str, key_id: str, fixed: tuple, more: int) -> bytes:
+        """`EVALSHA <sha> 3 <keys> <fixed...>` packed, for a command that ends with `more` arguments."""
+        head = self._heads.get((script, key_id, fixed))
+        if head is None:
+            if not self._sha:
+                self._load_scripts()
+            keys = self._keys(key_id)
+            args = ("EVALSHA", self._sha[script], len(keys), *keys, *fixed)
+            head = b"*%d\r\n" % (len(args) + more) + b"".join(map(_bulk, args))
+            if len(self._heads) >= MAX_HEADS:
+                self._heads.clear()
+            self._heads[(script, key_id, fixed)] = head
+        return head
 
     def _evalsha(self, script: str, keys: tuple, args: tuple) -> tuple:
         return ("EVALSHA", self._sha[script], len(keys), *keys, *args)
@@ -143,12 +174,14 @@ class RedisState:
             self._load_scripts()
             return self._call(self._evalsha(script, keys, args))
 
-    def _call(self, command: tuple):
-        """One command on a connection of our own: redis-py's pool checks each connection it hands out with a
-        poll, which costs more than the step itself; ours are only checked by using them."""
+    def _call(self, command: tuple = (), packed: bytes | None = None):
+        """One command (or one packed already) on a connection of our own: redis-py's pool checks each
+        connection it hands out with a poll, which costs more than the step itself; ours are only checked by
+        using them."""
         conn = self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
         try:
-            conn.send_packed_command(conn.pack_command(*command), check_health=False)
+            conn.send_packed_command([packed] if packed is not None else conn.pack_command(*command),
+                                     check_health=False)
             reply = conn.read_response()
         except self._reply_error:
             self._idle.append(conn)  # the command failed, the connection is fine
@@ -166,21 +199,21 @@ class RedisState:
             try:
                 conn.read_response()
             except self._noscript:
-                self._sha.clear()  # Redis lost its scripts (a restart lost the windows too); load them again
+                # Redis lost its scripts (a restart lost the windows too); load them again
+                self._sha.clear()
+                self._heads.clear()
             except self._reply_error:
                 pass
 
-    def _send_finish(self, keys: tuple, args: tuple) -> None:
+    def _send_finish(self, key_id: str, tail: bytes) -> None:
         with self._finish_lock:
-            if not self._sha:
-                self._load_scripts()
             conn = self._finisher
             try:
                 if conn is None:
                     conn = self._finisher = self.client.connection_pool.make_connection()
                 if self._unread >= MAX_UNREAD:
-                    self._drain(conn)
-                conn.send_packed_command(conn.pack_command(*self._evalsha(FINISH, keys, args)), check_health=False)
+                    self._drain(conn)  # may find the scripts gone: then _head loads them again
+                conn.send_packed_command([self._head(FINISH, key_id, (WINDOW,), 2) + tail], check_health=False)
                 self._unread += 1
             except BaseException:
                 self._finisher, self._unread = None, 0
@@ -201,16 +234,22 @@ class RedisState:
                     raise
 
     def admit(self, key_id: str, lim: Limits, now: float, lease_id: str | None) -> Verdict:
-        out = self._run(ADMIT, self._keys(key_id), WINDOW, lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0,
-                        lease_id or "", LEASE_TTL)
-        reason = out[0].decode() if isinstance(out[0], bytes) else out[0]
-        server_now = float(out[1])
-        req_free, tok_free = float(out[5]), float(out[6])
-        return Verdict(not reason, reason or None, server_now, int(out[2]), int(out[3]), int(out[4]),
-                       req_free if req_free >= 0 else None, tok_free if tok_free >= 0 else None)
+        fixed = (WINDOW, lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0, LEASE_TTL)
+        lease = _bulk(lease_id or "")
+        try:
+            out = self._call(packed=self._head(ADMIT, key_id, fixed, 1) + lease)
+        except self._noscript:  # the server restarted or flushed its scripts
+            self._load_scripts()
+            out = self._call(packed=self._head(ADMIT, key_id, fixed, 1) + lease)
+        # one string, "<reason> <now> <requests> <tokens> <in flight> <requests free at> <tokens free at>"
+        reason, server_now, req_used, tok_used, live, req_free, tok_free = (
+            out.decode() if isinstance(out, bytes) else out).split(" ")
+        req_at, tok_at = float(req_free), float(tok_free)
+        return Verdict(not reason, reason or None, float(server_now), int(req_used), int(tok_used), int(live),
+                       req_at if req_at >= 0 else None, tok_at if tok_at >= 0 else None)
 
     def finish(self, key_id: str, lease_id: str | None, tokens: int, now: float, count_tokens: bool) -> None:
-        self._send_finish(self._keys(key_id), (WINDOW, lease_id or "", int(tokens) if count_tokens else 0))
+        self._send_finish(key_id, _bulk(lease_id or "") + _bulk(int(tokens) if count_tokens else 0))
 
     def renew(self, leases: Iterable[tuple[str, str]], now: float) -> None:
         by_key: dict[str, list[str]] = {}
