@@ -35,8 +35,11 @@ def _load(text: str | None) -> dict:
     }
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps with options builds one a call
+
+
 def _dump(state: dict) -> str:
-    return json.dumps({k: v for k, v in state.items() if v}, separators=(",", ":"))
+    return _encode({k: v for k, v in state.items() if v})
 
 
 class LocalState:
