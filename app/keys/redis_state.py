@@ -110,6 +110,62 @@ def _bulk(value) -> bytes:
 # packing the whole command again on every request cost more than the step's own work. A bound on how many.
 MAX_HEADS = 4096
 
+def _error(message: str) -> Exception:
+    from redis.exceptions import NoScriptError, ResponseError
+
+    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+
+
+class _Link:
+    """One of our connections to Redis, for ADMIT and FINISH. redis-py opens it (TLS, AUTH, SELECT, HELLO: the
+    URL's every option) and it is then spoken to directly: redis-py's send and reply layers cost the request
+    more than the step itself (~15 us a request in one process, twice that in a worker). Each reply read is one
+    of the two kinds those scripts give, a bulk string or an integer, or an error."""
+
+    __slots__ = ("conn", "sock", "buf")
+
+    def __init__(self, conn) -> None:
+        conn.connect()
+        self.conn, self.sock, self.buf = conn, conn._sock, b""
+
+    def send(self, data: bytes) -> None:
+        sent = self.sock.send(data)  # a command fits the socket's buffer: sendall would add a syscall a call
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
+
+    def reply(self):
+        """The next reply: bytes or int; an error reply is raised (NoScriptError, ResponseError)."""
+        buf = self.buf
+        while True:
+            end = buf.find(b"\r\n")
+            if end > 0:
+                kind = buf[0]
+                if kind == 0x24:  # $<size>\r\n<data>\r\n
+                    size = int(buf[1:end])
+                    if size < 0:
+                        self.buf = buf[end + 2:]
+                        return None
+                    stop = end + 2 + size
+                    if len(buf) >= stop + 2:
+                        self.buf = buf[stop + 2:]
+                        return buf[end + 2:stop]
+                elif kind == 0x3A:  # :<integer>\r\n
+                    self.buf = buf[end + 2:]
+                    return int(buf[1:end])
+                elif kind == 0x2D:  # -<error>\r\n
+                    self.buf = buf[end + 2:]
+                    raise _error(buf[1:end].decode("utf-8", "replace"))
+                else:
+                    raise OSError(f"unexpected reply from Redis: {buf[:40]!r}")
+            chunk = self.sock.recv(65536)  # the connection's socket_timeout bounds the wait
+            if not chunk:
+                raise OSError("Redis closed the connection")
+            buf += chunk
+
+    def close(self) -> None:
+        self.conn.disconnect()
+
+
 # A finished request's step (free its lease, count its tokens) is written to Redis at once on a connection of
 # its own, and its reply is read later, when it is already there: Redis runs the step within microseconds, long
 # before the client can send its next request, while the request path never waits for that round trip (under
@@ -133,8 +189,8 @@ class RedisState:
                                                      retry_on_timeout=False)
         self._sha: dict[str, str] = {}
         self._heads: dict[tuple, bytes] = {}  # (script, key id, fixed args) -> packed start of the command
-        self._finisher = None  # the connection finished steps are written on
-        self._idle: list = []  # our connections not in use (one per greenlet waiting on Redis at once)
+        self._finisher: _Link | None = None  # the connection finished steps are written on
+        self._idle: list[_Link] = []  # our connections not in use (one per greenlet waiting on Redis at once)
         self._reply_error = redis.exceptions.ResponseError
         self._unread = 0
         self._finish_lock = threading.Lock()
@@ -162,42 +218,38 @@ class RedisState:
             self._heads[(script, key_id, fixed)] = head
         return head
 
-    def _evalsha(self, script: str, keys: tuple, args: tuple) -> tuple:
-        return ("EVALSHA", self._sha[script], len(keys), *keys, *args)
-
     def _run(self, script: str, keys: tuple, *args):
+        """A step off the request path (renewals, `keys show`), through redis-py's own pool."""
         if not self._sha:
             self._load_scripts()
         try:
-            return self._call(self._evalsha(script, keys, args))
+            return self.client.evalsha(self._sha[script], len(keys), *keys, *args)
         except self._noscript:  # the server restarted or flushed its scripts
             self._load_scripts()
-            return self._call(self._evalsha(script, keys, args))
+            return self.client.evalsha(self._sha[script], len(keys), *keys, *args)
 
-    def _call(self, command: tuple = (), packed: bytes | None = None):
-        """One command (or one packed already) on a connection of our own: redis-py's pool checks each
-        connection it hands out with a poll, which costs more than the step itself; ours are only checked by
-        using them."""
-        conn = self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
+    def _call(self, packed: bytes):
+        """One packed command and its reply on a connection of our own: redis-py's pool checks each connection
+        it hands out with a poll, which costs more than the step itself; ours are only checked by using them."""
+        link = self._idle.pop() if self._idle else _Link(self.client.connection_pool.make_connection())
         try:
-            conn.send_packed_command([packed] if packed is not None else conn.pack_command(*command),
-                                     check_health=False)
-            reply = conn.read_response()
+            link.send(packed)
+            reply = link.reply()
         except self._reply_error:
-            self._idle.append(conn)  # the command failed, the connection is fine
+            self._idle.append(link)  # the command failed, the connection is fine
             raise
         except BaseException:
-            conn.disconnect()
+            link.close()
             raise
-        self._idle.append(conn)
+        self._idle.append(link)
         return reply
 
-    def _drain(self, conn) -> None:
+    def _drain(self, link: _Link) -> None:
         """Read the replies of the finished steps sent so far (long arrived: reading them does not wait)."""
         while self._unread:
             self._unread -= 1
             try:
-                conn.read_response()
+                link.reply()
             except self._noscript:
                 # Redis lost its scripts (a restart lost the windows too); load them again
                 self._sha.clear()
@@ -207,40 +259,40 @@ class RedisState:
 
     def _send_finish(self, key_id: str, tail: bytes) -> None:
         with self._finish_lock:
-            conn = self._finisher
+            link = self._finisher
             try:
-                if conn is None:
-                    conn = self._finisher = self.client.connection_pool.make_connection()
+                if link is None:
+                    link = self._finisher = _Link(self.client.connection_pool.make_connection())
                 if self._unread >= MAX_UNREAD:
-                    self._drain(conn)  # may find the scripts gone: then _head loads them again
-                conn.send_packed_command([self._head(FINISH, key_id, (WINDOW,), 2) + tail], check_health=False)
+                    self._drain(link)  # may find the scripts gone: then _head loads them again
+                link.send(self._head(FINISH, key_id, (WINDOW,), 2) + tail)
                 self._unread += 1
             except BaseException:
                 self._finisher, self._unread = None, 0
-                if conn is not None:
-                    conn.disconnect()
+                if link is not None:
+                    link.close()
                 raise
 
     def flush(self) -> None:
         """Wait for every finished step's reply (tests, `keys show`, shutdown)."""
         with self._finish_lock:
-            conn = self._finisher
-            if conn is not None and self._unread:
+            link = self._finisher
+            if link is not None and self._unread:
                 try:
-                    self._drain(conn)
+                    self._drain(link)
                 except BaseException:
                     self._finisher, self._unread = None, 0
-                    conn.disconnect()
+                    link.close()
                     raise
 
     def admit(self, key_id: str, lim: Limits, now: float, lease_id: str | None) -> Verdict:
         fixed = (WINDOW, lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0, LEASE_TTL)
         lease = _bulk(lease_id or "")
         try:
-            out = self._call(packed=self._head(ADMIT, key_id, fixed, 1) + lease)
+            out = self._call(self._head(ADMIT, key_id, fixed, 1) + lease)
         except self._noscript:  # the server restarted or flushed its scripts
             self._load_scripts()
-            out = self._call(packed=self._head(ADMIT, key_id, fixed, 1) + lease)
+            out = self._call(self._head(ADMIT, key_id, fixed, 1) + lease)
         # one string, "<reason> <now> <requests> <tokens> <in flight> <requests free at> <tokens free at>"
         reason, server_now, req_used, tok_used, live, req_free, tok_free = (
             out.decode() if isinstance(out, bytes) else out).split(" ")
@@ -278,8 +330,8 @@ class RedisState:
             self.flush()
         except Exception:
             pass
-        for conn in [*self._idle, *([self._finisher] if self._finisher is not None else [])]:
-            conn.disconnect()
+        for link in [*self._idle, *([self._finisher] if self._finisher is not None else [])]:
+            link.close()
         self._idle, self._finisher = [], None
         try:
             self.client.close()
