@@ -218,6 +218,18 @@ class RedisState:
             self._heads[(script, key_id, fixed)] = head
         return head
 
+    def _new_link(self) -> _Link:
+        """A connection like the client's own, but one the server never pushes to: a link reads replies only, and
+        redis-py would ask Redis Enterprise and Cloud for maintenance notices on every RESP3 connection."""
+        pool = self.client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        if "maint_notifications_config" in kwargs:
+            from redis.maint_notifications import MaintNotificationsConfig
+
+            kwargs.update(maint_notifications_config=MaintNotificationsConfig(enabled=False),
+                          maint_notifications_pool_handler=None)
+        return _Link(pool.connection_class(**kwargs))
+
     def _run(self, script: str, keys: tuple, *args):
         """A step off the request path (renewals, `keys show`), through redis-py's own pool."""
         if not self._sha:
@@ -231,7 +243,7 @@ class RedisState:
     def _call(self, packed: bytes):
         """One packed command and its reply on a connection of our own: redis-py's pool checks each connection
         it hands out with a poll, which costs more than the step itself; ours are only checked by using them."""
-        link = self._idle.pop() if self._idle else _Link(self.client.connection_pool.make_connection())
+        link = self._idle.pop() if self._idle else self._new_link()
         try:
             link.send(packed)
             reply = link.reply()
@@ -262,7 +274,7 @@ class RedisState:
             link = self._finisher
             try:
                 if link is None:
-                    link = self._finisher = _Link(self.client.connection_pool.make_connection())
+                    link = self._finisher = self._new_link()
                 if self._unread >= MAX_UNREAD:
                     self._drain(link)  # may find the scripts gone: then _head loads them again
                 link.send(self._head(FINISH, key_id, (WINDOW,), 2) + tail)
