@@ -21,6 +21,8 @@ from .limits import Limits, Verdict
 
 log = logging.getLogger("nexus.keys")
 
+MAX_CACHED = 1024  # keys whose last written state a process keeps
+
 _DDL = "CREATE TABLE IF NOT EXISTS nexus_limit_state (key_id TEXT PRIMARY KEY, state TEXT NOT NULL)"
 
 
@@ -35,8 +37,11 @@ def _load(text: str | None) -> dict:
     }
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps with options builds one a call
+
+
 def _dump(state: dict) -> str:
-    return json.dumps({k: v for k, v in state.items() if v}, separators=(",", ":"))
+    return _encode({k: v for k, v in state.items() if v})
 
 
 class LocalState:
@@ -49,6 +54,9 @@ class LocalState:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        # key id -> (the text this process last wrote, the state it is the dump of): while the row still holds
+        # that text (no other worker stepped since), the step starts from it instead of decoding the text again.
+        self._last: dict[str, tuple[str, dict]] = {}
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None and self._pid == os.getpid():
@@ -76,14 +84,20 @@ class LocalState:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute("SELECT state FROM nexus_limit_state WHERE key_id = ?", (key_id,)).fetchone()
-                state = _load(row[0] if row else None)
+                text = row[0] if row else None
+                last = self._last.pop(key_id, None)  # gone until this step commits: a failed one leaves none
+                state = last[1] if last is not None and last[0] == text else _load(text)
                 result = fn(state)
+                text = _dump(state)
                 conn.execute("INSERT INTO nexus_limit_state (key_id, state) VALUES (?, ?)"
-                             " ON CONFLICT (key_id) DO UPDATE SET state = excluded.state", (key_id, _dump(state)))
+                             " ON CONFLICT (key_id) DO UPDATE SET state = excluded.state", (key_id, text))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if len(self._last) >= MAX_CACHED:
+                self._last.clear()
+            self._last[key_id] = (text, state)
             return result
 
     # --- the limiter backend interface ----------------------------------------------------------

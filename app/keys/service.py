@@ -7,11 +7,12 @@ host's SQLite file) on every admitted request: that is their one round trip.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import secrets
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -82,8 +83,12 @@ class ClientKeys:
         self._loaded = False
         self._next_try = 0.0
         self._load_error: str | None = None
-        self._spend: dict[str, list] = {}  # key id -> [dollars, period start, last used (monotonic)]
+        # key id -> [dollars, period start, last used (monotonic), period, period end]
+        self._spend: dict[str, list] = {}
         self._leases: dict[str, str] = {}  # lease id -> key id, for renewal
+        self._lease_pid = 0  # the process the lease ids below were made for (a forked worker makes its own)
+        self._lease_prefix = ""
+        self._lease_seq = itertools.count()
         self._state_down_until = 0.0
         self._outage: dict | None = None
         self._lock = threading.Lock()
@@ -179,7 +184,7 @@ class ClientKeys:
         if not key.limited:
             return
         lim = Limits.of(key)
-        lease_id = uuid.uuid4().hex if key.concurrency else None
+        lease_id = self._new_lease_id() if key.concurrency else None
         try:
             verdict = self._state_call(self.state.admit, key.id, lim, time.time(), lease_id)
         except _StateUnavailable:
@@ -194,22 +199,33 @@ class ClientKeys:
             self._leases[lease_id] = key.id
         rec.admission = Admission(key, lease_id)
 
+    def _new_lease_id(self) -> str:
+        """Unique across workers and hosts: a random prefix per process, then a counter (no syscall each)."""
+        pid = os.getpid()
+        if pid != self._lease_pid:
+            self._lease_pid, self._lease_prefix, self._lease_seq = pid, secrets.token_hex(8), itertools.count()
+        return f"{self._lease_prefix}{next(self._lease_seq):x}"
+
     def _check_budget(self, key: ClientKey) -> None:
         now = self.clock()
-        start, end = period_bounds(key.budget_period, now)
         entry = self._spend.get(key.id)
-        if entry is None or entry[1] != start:
-            try:
-                spent = self.store.spend([key.id], start).get(key.id, 0.0)
-            except Exception as exc:
-                if not self.fail_open:
-                    raise ProxyError(503, "The key's budget cannot be checked (the usage store is unreachable); "
-                                          "please retry", "overloaded_error") from None
-                log.debug("budget of %s unknown: %s", key.id, mask_text(str(exc)[:200]))
-                return
-            entry = self._spend[key.id] = [spent, start, time.monotonic()]
+        # The period's bounds are worked out again only when the clock leaves them or the period changes.
+        if entry is None or entry[3] != key.budget_period or not entry[1] <= now < entry[4]:
+            start, end = period_bounds(key.budget_period, now)
+            if entry is None or entry[1] != start:
+                try:
+                    spent = self.store.spend([key.id], start).get(key.id, 0.0)
+                except Exception as exc:
+                    if not self.fail_open:
+                        raise ProxyError(503, "The key's budget cannot be checked (the usage store is unreachable);"
+                                              " please retry", "overloaded_error") from None
+                    log.debug("budget of %s unknown: %s", key.id, mask_text(str(exc)[:200]))
+                    return
+                entry = self._spend[key.id] = [spent, start, 0.0, None, None]
+            entry[3], entry[4] = key.budget_period, end
         entry[2] = time.monotonic()
         if entry[0] >= key.budget_usd:
+            end = entry[4]
             raise ProxyError(403, f"Key '{key.name}' has used its budget of {budget_text(key.budget_usd, key.budget_period)}"
                                   f" (spent {_money(entry[0])}); it renews {iso_minute(end)}", "permission_error")
 
@@ -283,9 +299,9 @@ class ClientKeys:
             if key is None or key.budget_usd is None or not key.budget_period or entry[2] < idle:
                 self._spend.pop(key_id, None)
                 continue
-            start, _end = period_bounds(key.budget_period, now)
-            by_start.setdefault(start, []).append(key_id)
-        for start, ids in by_start.items():
+            start, end = period_bounds(key.budget_period, now)
+            by_start.setdefault((start, end, key.budget_period), []).append(key_id)
+        for (start, end, period), ids in by_start.items():
             try:
                 spent = self.store.spend(ids, start)
             except Exception as exc:
@@ -294,7 +310,7 @@ class ClientKeys:
             for key_id in ids:
                 entry = self._spend.get(key_id)
                 if entry is not None:
-                    entry[0], entry[1] = spent.get(key_id, 0.0), start
+                    entry[0], entry[1], entry[3], entry[4] = spent.get(key_id, 0.0), start, period, end
 
     def _run(self) -> None:
         import gevent

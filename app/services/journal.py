@@ -33,6 +33,10 @@ log = logging.getLogger("nexus.journal")
 # Only what the store keeps; the Slack texts and the masked key stay out of the file.
 _NOT_STORED = frozenset({"user_text", "assistant_text", "tool_names", "api_key_masked", "error_message"})
 FIELDS = tuple(f.name for f in fields(RequestRecord) if f.name not in _NOT_STORED)
+# The limiter's hold on a key is this process's own state: its slot stays (so every line has the same fields)
+# but is written empty. Written, it would cost a repr of the key's record on every request and put the
+# key's hash in the file.
+_EMPTY = frozenset({"admission"})
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str).encode
 
 
@@ -54,7 +58,7 @@ def journal_dir(settings) -> str:
 def encode(rec: RequestRecord) -> bytes:
     values = []
     for name in FIELDS:
-        v = getattr(rec, name, None)
+        v = getattr(rec, name, None) if name not in _EMPTY else None
         if type(v) is float and (v != v or v in (float("inf"), float("-inf"))):
             v = None  # an upstream's 1e999 must not make the line unreadable
         values.append(v)

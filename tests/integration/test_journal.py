@@ -212,3 +212,18 @@ def test_journal_lines_round_trip_and_tolerate_odd_values():
     assert back is not None
     assert (back.request_id, back.input_tokens, back.status, back.error_type) == ("req_x", 7, 502, "api_error")
     assert journal_mod.decode(line[:-10]) is None  # the cut last line of a killed process is skipped
+
+
+def test_a_begun_line_leaves_out_what_the_key_limiter_holds():
+    """A request admitted by a client key journals its key id, but not the limiter's hold (the key's record)."""
+    from app.keys.rules import ClientKey
+    from app.keys.service import Admission
+
+    key = ClientKey(id="key_abc", name="alice", key_hash="f" * 64, last4="wxyz", created_at=1.0, updated_at=1.0)
+    rec = RequestRecord(request_id="req_k", timestamp=1.5, domain="d", mode="translation", key_id="key_abc")
+    rec.admission = Admission(key, "lease-1")
+    line = journal_mod.encode_begun(rec)
+    assert b"f" * 64 not in line and b"lease-1" not in line and b"alice" not in line
+    back = journal_mod.decode(line)
+    assert back is not None and back.key_id == "key_abc" and back.admission is None
+    assert len(json.loads(line[1:])) == len(journal_mod.FIELDS)  # the slot stays: every line has every field

@@ -93,3 +93,25 @@ def test_exact_across_processes(kind, tmp_path, request):
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     assert sum(int(o[0]) for o in outs) == 50
+
+
+def test_local_steps_of_two_workers_interleaved(tmp_path):
+    """Each process keeps the state it last wrote; a step by another worker in between must be seen."""
+    path = str(tmp_path / "limits.sqlite3")
+    a, b = LocalState(path), LocalState(path)
+    lim = Limits(rpm=5, concurrency=2)
+    now = time.time()
+    try:
+        assert a.admit("k", lim, now, "a1").allowed
+        assert b.admit("k", lim, now, "b1").allowed
+        assert a.admit("k", lim, now, "a2").reason == "concurrency"  # b's lease, written after a's own step
+        b.finish("k", "b1", 0, now, False)
+        assert a.admit("k", lim, now, "a2").allowed
+        assert a.usage("k", now) == b.usage("k", now) == (3, 0, 2)
+        with pytest.raises(ZeroDivisionError):  # a step that fails leaves the row and the kept state as they were
+            a._step("k", lambda st: (st["r"].clear(), 1 / 0))
+        refused = a.admit("k", lim, now, None)  # both slots still held, and the 3 requests still counted
+        assert (refused.reason, refused.requests_used, refused.in_flight) == ("concurrency", 3, 2)
+    finally:
+        a.close()
+        b.close()
