@@ -128,6 +128,9 @@ def test_tpm_across_instances(fleet):
     time.sleep(1.5)
     assert post(proxies[0].url, key)[0] == 200  # ~29 tokens
     assert post(proxies[1].url, key)[0] == 200  # ~58: over from now on
+    # A request's tokens count once it has finished, which is just after its last byte went out: the client
+    # can have the answer a moment before the other instance has counted it.
+    time.sleep(0.2)
     status, headers, _ = post(proxies[0].url, key)
     assert status == 429 and headers["anthropic-ratelimit-tokens-limit"] == "50"
     assert int(headers["anthropic-ratelimit-tokens-remaining"]) == 0 and int(headers["retry-after"]) >= 1
