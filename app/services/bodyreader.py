@@ -187,6 +187,16 @@ class BodyReader:
 
     def _dechunk(self, raw: bytes) -> bytes:
         """Payload of every chunk in `buf + raw`; an incomplete size line or chunk waits for more."""
+        if self._left == 0 and not self._buf and not self._trailer:
+            # The usual read of a stream: exactly one whole chunk (one event), framing and all.
+            nl = raw.find(b"\n", 0, _MAX_SIZE_LINE)
+            if nl > 0 and raw.endswith(b"\r\n"):
+                try:
+                    size = int(raw[:nl], 16)  # like the loop below: spaces and the CR around it are allowed
+                except ValueError:
+                    size = 0  # an extension or a bad size: the loop below tells which
+                if size > 0 and len(raw) == nl + size + 3:
+                    return raw[nl + 1:nl + 1 + size]
         buf = self._buf + raw if self._buf else raw
         out = []
         pos, end = 0, len(buf)
@@ -251,7 +261,7 @@ class _SocketWait:
     timer per timeout period, not one per read.
     """
 
-    __slots__ = ("_raw", "_event", "_hub", "_loop", "_timer", "_timer_at", "_deadline", "_waiter")
+    __slots__ = ("_raw", "_event", "_hub", "_loop", "_timer", "_timer_at", "_deadline", "_waiter", "_drained")
 
     def __init__(self, sock) -> None:
         self._raw = sock._sock  # the non-blocking socket under gevent's
@@ -262,22 +272,31 @@ class _SocketWait:
         self._timer_at = 0.0
         self._deadline = 0.0
         self._waiter = None  # the greenlet waiting for the socket, while it waits
+        # The last read took all there was: a read now would almost always find nothing (the next event
+        # comes a token later), so wait for the socket first and spare that syscall.
+        self._drained = False
 
     def recv(self, timeout: float | None) -> bytes:
         """Bytes from the socket (b"" at its end); socket.timeout after `timeout` seconds with none."""
         raw = self._raw
-        try:
-            return raw.recv(RECV_SIZE)
-        except BlockingIOError:
-            pass
+        if not self._drained:
+            try:
+                data = raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                pass
+            else:
+                self._drained = len(data) < RECV_SIZE
+                return data
         deadline = None if timeout is None else self._loop.now() + timeout
         while True:
             if not self._wait_readable(deadline):
                 raise socket.timeout("timed out")
             try:
-                return raw.recv(RECV_SIZE)
+                data = raw.recv(RECV_SIZE)
             except BlockingIOError:
-                pass  # woken with nothing to read: wait on for the same deadline
+                continue  # woken with nothing to read: wait on for the same deadline
+            self._drained = len(data) < RECV_SIZE
+            return data
 
     def _wait_readable(self, deadline: float | None) -> bool:
         if deadline is not None:
