@@ -1,6 +1,7 @@
 """What a worker does when it starts and stops, and the final report the master prints on shutdown."""
 from __future__ import annotations
 
+import gc
 import logging
 
 import gevent
@@ -13,8 +14,27 @@ def _services(worker):
     return getattr(app, "extensions", {}).get("nexus") if app is not None else None
 
 
+# The young generation's threshold (CPython's default is 700). A worker with 1,000 open streams allocates
+# enough to collect it at 700 hundreds of times a second, and every tenth of those is a middle collection,
+# every hundredth may be an old one: a scan of every open stream's objects (tens of milliseconds with the whole
+# loop stopped, so every stream's next event is late). At 20,000 the young collections stay short (a few
+# milliseconds) and the long ones come 30 times less often.
+GC_YOUNG_THRESHOLD = 20000
+
+
+def tune_gc() -> None:
+    """After the app is loaded: what exists now (modules, the app, its services) lives as long as the worker,
+    so it is frozen out of the collector's scans, and the young generation is collected less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def worker_started(worker) -> None:
-    """Watch for the start of a graceful stop and end streams cleanly before gunicorn's hard kill."""
+    """Tune the collector for a long-lived server; watch for the start of a graceful stop and end streams
+    cleanly before gunicorn's hard kill."""
+    tune_gc()
     services = _services(worker)
     timeout = worker.cfg.graceful_timeout
 

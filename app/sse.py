@@ -70,6 +70,11 @@ class SSEDecoder:
         return complete
 
     @property
+    def idle(self) -> bool:
+        """Nothing of an unfinished event is held: the next bytes start a new event."""
+        return not self._parts and not self._cr
+
+    @property
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (an upstream that stopped mid-event leaves some)."""
         return b"".join(self._parts) + (b"\r" if self._cr else b"")

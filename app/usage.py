@@ -153,6 +153,11 @@ class StreamUsage:
         self._collect_text = collect_text
 
     @property
+    def wants_text(self) -> bool:
+        """Text deltas still count (collecting, and under the cap)."""
+        return self._collect_text and self._size < TEXT_CAP
+
+    @property
     def text(self) -> str:
         return "".join(self._parts)
 

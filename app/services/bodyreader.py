@@ -6,20 +6,27 @@ per event. Here, once urllib3 has parsed the status line and headers, the body i
 socket in whole `recv`s and de-chunked in one pass: every event already waiting arrives as one piece
 (one write to the client), and an event alone is never held back.
 
-Waiting uses the socket's own timeout, so keep-alive pings need no reader greenlet: `read(wait)`
-returns None when the upstream was silent for `wait` seconds.
+Waiting needs no reader greenlet: `read(wait)` returns None when the upstream was silent for `wait`
+seconds, so the caller can send a keep-alive ping. On a plain gevent socket the reader waits on the
+socket's own read watcher, with one deadline timer that lives as long as its deadline does (a stream's
+reads move the deadline, they do not each build a timer: gevent's socket builds a Timeout per wait, and
+a restarted libev timer keeps its first deadline, so neither is reused). TLS and other sockets wait with
+the socket's own timeout.
 
 Anything this does not handle (an encoding other than gzip/deflate, a response without a plain
 socket) falls back to urllib3's own reads; the caller sees the same interface.
 """
 from __future__ import annotations
 
+import _socket
 import socket
 import ssl
 import zlib
 from typing import Callable
 
 import gevent
+from gevent import getcurrent
+from gevent import socket as gsocket
 
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
@@ -40,7 +47,7 @@ class BodyReader:
     """
 
     __slots__ = ("_resp", "_sock", "_fp", "_read_timeout", "_silent", "_chunked", "_left", "_buf",
-                 "_decoder", "complete", "_fallback", "_first", "_trailer")
+                 "_decoder", "complete", "_fallback", "_first", "_trailer", "_wait")
 
     def __init__(self, resp, read_timeout: float | None = None, decode_content: bool = True) -> None:
         self._resp = resp
@@ -51,6 +58,7 @@ class BodyReader:
         self._first = True
         self._trailer = False
         self._decoder = None
+        self._wait: _SocketWait | None = None
         self._fallback: Callable[[], bytes] | None = None
         hc = getattr(resp, "_fp", None)
         conn = getattr(resp, "connection", None)
@@ -67,6 +75,8 @@ class BodyReader:
         elif encoding == "deflate":
             self._decoder = _DeflateDecoder()
         self._sock = sock
+        if type(sock) is gsocket.socket and isinstance(getattr(sock, "_sock", None), _socket.socket):
+            self._wait = _SocketWait(sock)  # plain TCP under gevent (TLS decrypts in its own recv)
         if read_timeout is None:
             self._read_timeout = sock.gettimeout()  # what urllib3 set from the client's read timeout
         self._fp = hc.fp
@@ -106,6 +116,11 @@ class BodyReader:
         except Exception:
             return
 
+    def close(self) -> None:
+        """The stream is over, however it ended: drop the deadline timer."""
+        if self._wait is not None:
+            self._wait.close()
+
     def finish(self) -> None:
         """After the end of the body: close http.client's view of it, so the connection can be reused."""
         hc = getattr(self._resp, "_fp", None)
@@ -134,10 +149,13 @@ class BodyReader:
         timeout = self._read_timeout
         if wait:
             timeout = wait if timeout is None else min(wait, max(timeout - self._silent, 0.001))
-        # gevent tries the read first and builds a timer only when it has to wait
-        self._sock.settimeout(timeout)
         try:
-            raw = self._sock.recv(RECV_SIZE)
+            if self._wait is not None:
+                raw = self._wait.recv(timeout)
+            else:
+                # gevent tries the read first and builds a timer only when it has to wait
+                self._sock.settimeout(timeout)
+                raw = self._sock.recv(RECV_SIZE)
         except socket.timeout:
             if wait and (self._read_timeout is None or self._silent + timeout < self._read_timeout):
                 self._silent += timeout
@@ -169,6 +187,16 @@ class BodyReader:
 
     def _dechunk(self, raw: bytes) -> bytes:
         """Payload of every chunk in `buf + raw`; an incomplete size line or chunk waits for more."""
+        if self._left == 0 and not self._buf and not self._trailer:
+            # The usual read of a stream: exactly one whole chunk (one event), framing and all.
+            nl = raw.find(b"\n", 0, _MAX_SIZE_LINE)
+            if nl > 0 and raw.endswith(b"\r\n"):
+                try:
+                    size = int(raw[:nl], 16)  # like the loop below: spaces and the CR around it are allowed
+                except ValueError:
+                    size = 0  # an extension or a bad size: the loop below tells which
+                if size > 0 and len(raw) == nl + size + 3:
+                    return raw[nl + 1:nl + 1 + size]
         buf = self._buf + raw if self._buf else raw
         out = []
         pos, end = 0, len(buf)
@@ -222,6 +250,92 @@ class BodyReader:
         if not data:
             self.complete = True
         return data
+
+
+class _SocketWait:
+    """Reads of one plain gevent socket: the read is tried first, and only a wait touches the loop.
+
+    The deadline timer is made when a wait needs one and kept while it fires no later than the current
+    wait's deadline: each read pushes the deadline on, and a timer that fires early, with the deadline
+    moved, is replaced by one for what is left. A stream whose reads come within the timeout makes one
+    timer per timeout period, not one per read.
+    """
+
+    __slots__ = ("_raw", "_event", "_hub", "_loop", "_timer", "_timer_at", "_deadline", "_waiter", "_drained")
+
+    def __init__(self, sock) -> None:
+        self._raw = sock._sock  # the non-blocking socket under gevent's
+        self._event = sock._read_event
+        self._hub = sock.hub
+        self._loop = sock.hub.loop
+        self._timer = None
+        self._timer_at = 0.0
+        self._deadline = 0.0
+        self._waiter = None  # the greenlet waiting for the socket, while it waits
+        # The last read took all there was: a read now would almost always find nothing (the next event
+        # comes a token later), so wait for the socket first and spare that syscall.
+        self._drained = False
+
+    def recv(self, timeout: float | None) -> bytes:
+        """Bytes from the socket (b"" at its end); socket.timeout after `timeout` seconds with none."""
+        raw = self._raw
+        if not self._drained:
+            try:
+                data = raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                pass
+            else:
+                self._drained = len(data) < RECV_SIZE
+                return data
+        deadline = None if timeout is None else self._loop.now() + timeout
+        while True:
+            if not self._wait_readable(deadline):
+                raise socket.timeout("timed out")
+            try:
+                data = raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue  # woken with nothing to read: wait on for the same deadline
+            self._drained = len(data) < RECV_SIZE
+            return data
+
+    def _wait_readable(self, deadline: float | None) -> bool:
+        if deadline is not None:
+            self._deadline = deadline
+            if self._timer is None or self._timer_at > deadline:
+                self._arm(deadline)
+        event = self._event
+        if event.callback is not None:
+            raise OSError("the upstream socket is read by another greenlet")
+        waiter = self._waiter = getcurrent()
+        event.start(waiter.switch, True)
+        try:
+            return self._hub.switch() is not False
+        finally:
+            event.stop()
+            self._waiter = None
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.close()
+        self._timer = timer = self._loop.timer(max(deadline - self._loop.now(), 0.0), ref=False)
+        self._timer_at = deadline
+        timer.start(self._expired)
+
+    def _expired(self) -> None:
+        self._timer.close()
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None:
+            return  # not waiting now: the next wait makes a timer for its own deadline
+        if self._deadline - self._loop.now() > 0.0005:
+            self._arm(self._deadline)  # reads since pushed the deadline on
+            return
+        waiter.switch(False)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
 
 
 class _DeflateDecoder:

@@ -262,6 +262,9 @@ class RelayedStream:
         return out
 
     def seen(self, out: bytes) -> None:
+        if not self.side.wants_text and out.endswith(b"\n\n") and self.decoder.idle and _nothing_to_account(out):
+            # Whole events that are all deltas: the parser would skip each of them, so skip parsing them.
+            return
         for event, data in self.decoder.feed(out):
             if event == "message_stop" or event == "error":
                 self.reusable = True
@@ -289,6 +292,13 @@ class RelayedStream:
 
 # A pool handles 429 and 529 itself (the next credential); only a 503 is worth the same credential again.
 _POOL_RETRY_STATUSES = frozenset({503})
+
+
+def _nothing_to_account(out: bytes) -> bool:
+    """No event in `out` carries usage, a tool call, an error or the end: each of those names its type in its
+    bytes (the `event:` line, or the data's "type" when a producer leaves the line out), so a search for the
+    names decides it without parsing. Text that merely mentions a name costs a parse, never a miss."""
+    return b"message_" not in out and b"content_block_start" not in out and b"error" not in out
 
 
 def _masked(data: bytes) -> bytes:

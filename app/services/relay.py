@@ -96,6 +96,7 @@ def _frame(resp, rec: RequestRecord, plug: StreamPlug, recorder, ping_interval: 
         rec.upstream_error = failure_kind(exc)
         yield plug.failure(rec.error_type, rec.error_message)
     finally:
+        reader.close()
         reusable = reader.complete and plug.reusable and rec.error_type is None
         if reusable:
             reader.finish()

@@ -218,3 +218,24 @@ def test_a_fully_read_body_leaves_the_connection_reusable(serve):
     _, resp2 = _open(server, pool)
     assert b"".join(_read_all(BodyReader(resp2, read_timeout=5))) == b"data: 1\n\n"
     assert server.connections == 1
+
+
+@pytest.mark.skipif(not UNDER_GEVENT, reason="gevent timers time the waits (run by test_all_of_it_under_gevent)")
+def test_reads_push_the_read_timeout_on_and_silence_after_them_still_times_out(serve):
+    # Events 0.1 s apart for longer than the timeout: the deadline moves with each one; then silence.
+    steps = [CHUNKED]
+    for i in range(8):
+        steps += [_chunk(b"data: %d\n\n" % i), 0.1]
+    steps += [3.0, _chunk(b"late")]
+    server = serve(steps)
+    _, resp = _open(server, timeout=0.3)
+    reader = BodyReader(resp, read_timeout=0.3)
+    got = b""
+    with pytest.raises(ReadTimeoutError):
+        while True:
+            data = reader.read()
+            got += data
+            last = time.monotonic()
+    assert got == b"".join(b"data: %d\n\n" % i for i in range(8))
+    assert 0.25 <= time.monotonic() - last < 1.0  # the timeout counted from the last event, not the first
+    reader.close()

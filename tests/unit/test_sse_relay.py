@@ -145,3 +145,61 @@ def test_one_event_over_the_cap_raises_and_under_it_is_whole():
             d.feed(b"data: " + piece)
     assert exc.value.error_type == "api_error" and "MAX_SSE_EVENT_MB" in exc.value.message
 
+
+
+_STREAM = [
+    b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":12,'
+    b'"cache_read_input_tokens":3,"output_tokens":1}}}\n\n',
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":'
+    b'{"type":"text","text":""}}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+    b'"text":"an error, a message_start and "}}\n\n',
+    b'event: ping\ndata: {"type": "ping"}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+    b'"text":"plain words"}}\n\n',
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n',
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":1,"content_block":'
+    b'{"type":"tool_use","id":"t1","name":"Read","input":{}}}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":1,"delta":{"type":'
+    b'"input_json_delta","partial_json":"{}"}}\n\n',
+    # a producer that leaves out the event line: the type is in the data
+    b'data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":40}}\n\n',
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+]
+
+
+@pytest.mark.parametrize("pieces", [
+    _STREAM,  # one event per read, as tokens arrive
+    [b"".join(_STREAM)],  # all at once
+    [b"".join(_STREAM)[i:i + 37] for i in range(0, len(b"".join(_STREAM)), 37)],  # cut anywhere
+])
+def test_passthrough_accounting_skips_only_events_it_does_not_need(pieces):
+    from app.services.passthrough import RelayedStream
+
+    skipping, parsing = RelayedStream(False, 1 << 20), RelayedStream(True, 1 << 20)
+    for plug in (skipping, parsing):
+        relayed = []
+        for piece in pieces:
+            out = plug.feed(piece)
+            if out:
+                relayed.append(out)
+                plug.seen(out)
+        assert b"".join(relayed) == b"".join(_STREAM)  # bytes relayed untouched either way
+        assert plug.reusable  # message_stop was seen
+    fast, full = skipping.usage(), parsing.usage()
+    assert (fast.input_tokens, fast.output_tokens, fast.cache_read_input_tokens) == (12, 40, 3)
+    assert fast.tool_names == full.tool_names == ["Read"]
+    assert (fast.input_tokens, fast.output_tokens, fast.cache_read_input_tokens) == (
+        full.input_tokens, full.output_tokens, full.cache_read_input_tokens)
+    assert full.text == "an error, a message_start and plain words" and fast.text == ""
+
+
+def test_passthrough_accounting_reads_an_error_event_among_deltas():
+    from app.services.passthrough import RelayedStream
+
+    plug = RelayedStream(False, 1 << 20)
+    out = plug.feed(_STREAM[0] + _STREAM[2] + b'event: error\ndata: {"type":"error","error":{"type":'
+                                                b'"overloaded_error","message":"Overloaded"}}\n\n')
+    plug.seen(out)
+    usage = plug.usage()
+    assert (usage.error_type, usage.error_message, plug.reusable) == ("overloaded_error", "Overloaded", True)
