@@ -29,6 +29,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.url import parse_url
 
 from ..errors import ProxyError, from_upstream, upstream_host
+from .httpmessage import HTTPResponse as FastHeadersResponse
 from ..settings import Settings
 
 log = logging.getLogger("nexus.upstream")
@@ -44,6 +45,8 @@ _sending = threading.local()
 class _NotifyingHTTPConnection(HTTPConnection):
     """Calls the sender's `on_sent` once the whole request is written to the socket: from then on the
     upstream has it even if this process dies, which is when the accounting journals the request."""
+
+    response_class = FastHeadersResponse
 
     def request(self, *args, **kwargs):  # type: ignore[override]
         super().request(*args, **kwargs)
@@ -71,6 +74,8 @@ class _NotifyingHTTPConnection(HTTPConnection):
 
 
 class _NotifyingHTTPSConnection(HTTPSConnection):
+    response_class = FastHeadersResponse
+
     def request(self, *args, **kwargs):  # type: ignore[override]
         super().request(*args, **kwargs)
         _notify_sent()
