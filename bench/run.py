@@ -90,10 +90,10 @@ SMOKE = Group("smoke", 5, 0, 10)
 FULL_CASES = [
     Case("json 2KB c=1", "small", False, 1, 600, FAST),
     Case("json 2KB c=32", "small", False, 32, 3200, FAST),
-    Case("json 200KB c=1", "large", False, 1, 150, FAST),
+    Case("json 200KB c=1", "large", False, 1, 600, FAST),
     Case("stream 2KB c=1", "small", True, 1, 300, FAST),
     Case("stream 2KB c=32", "small", True, 32, 1600, FAST),
-    Case("stream 200KB c=1", "large", True, 1, 150, FAST),
+    Case("stream 200KB c=1", "large", True, 1, 450, FAST),
     Case("stream 2KB c=32, 10 chunks 10ms apart", "small", True, 32, 320, CHUNKS_FEW),
     Case("stream 2KB c=32, 100 chunks 10ms apart", "small", True, 32, 128, CHUNKS_MANY),
     Case("stream 2KB c=1000, 100ms gaps", "small", True, 1000, 1000, TENPS, rss_per_stream=True),

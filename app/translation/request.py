@@ -362,23 +362,22 @@ class _Conversation:
         tool_images: list[dict] = []
         for j, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
-            path = f"messages.{i}.content.{j}"
             if kind == "text":
                 text = _block_text(block, i, j)
                 if text:
                     parts.append(_text_part(text, block, self.cache))
             elif kind == "tool_result":
-                self._tool_result(block, path, parts, tool_images)
+                self._tool_result(block, f"messages.{i}.content.{j}", parts, tool_images)
             elif kind == "image":
-                parts.append(self._image(block, path))
+                parts.append(self._image(block, f"messages.{i}.content.{j}"))
             elif kind == "document":
-                parts.extend(self._document(block, path))
+                parts.extend(self._document(block, f"messages.{i}.content.{j}"))
             elif kind in _DROPPED_BLOCKS:
                 continue
             elif not isinstance(block, dict):
                 raise UnsupportedContent(f"messages.{i}.content.{j}: must be an object")
             else:
-                raise _unsupported(path, f"block type {kind!r}")
+                raise _unsupported(f"messages.{i}.content.{j}", f"block type {kind!r}")
         parts = tool_images + parts if tool_images else parts
         if parts:
             self._append({"role": "user", "content": _parts_to_content(parts)})
