@@ -52,14 +52,16 @@ def clean_schema(schema: dict) -> dict:
 
 
 # Claude Code sends the same tools, with the same schemas, on every turn: each cleaned schema is kept,
-# keyed by its JSON text, so a turn pays one encode per tool instead of a walk. Bounded: the oldest goes.
+# keyed by its JSON text, so a turn pays one encode per tool instead of a walk. Bounded by the keys' total
+# size (a Claude Code tool set is ~60 KB): the oldest go first.
 _MEMO: dict[bytes, dict] = {}
-_MEMO_ENTRIES = 256
-_MEMO_KEY_BYTES = 64 * 1024
+_MEMO_BYTES = 1 << 20
+_memo_size = 0
 
 
 def clean_tool_schema(schema: dict) -> dict:
     """`clean_schema` for a tool's input_schema, remembered. The result is shared: callers must not modify it."""
+    global _memo_size
     if _key_of is None or not isinstance(schema, dict):
         return clean_schema(schema)
     try:
@@ -69,10 +71,13 @@ def clean_tool_schema(schema: dict) -> dict:
     cleaned = _MEMO.get(key)
     if cleaned is None:
         cleaned = clean_schema(schema)
-        if len(key) <= _MEMO_KEY_BYTES:
-            if len(_MEMO) >= _MEMO_ENTRIES:
-                del _MEMO[next(iter(_MEMO))]
+        if len(key) <= _MEMO_BYTES // 16:
+            while _MEMO and _memo_size + len(key) > _MEMO_BYTES:
+                oldest = next(iter(_MEMO))
+                del _MEMO[oldest]
+                _memo_size -= len(oldest)
             _MEMO[key] = cleaned
+            _memo_size += len(key)
     return cleaned
 
 
