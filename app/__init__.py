@@ -147,6 +147,9 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     if not settings.translation:
         app.register_blueprint(messages.other_bp)
     register_error_handlers(app)
+    from .fastpath import FastPath
+
+    app.wsgi_app = FastPath(app, services)  # type: ignore[method-assign]
     if start_background:
         services.start()
     return app

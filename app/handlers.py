@@ -23,10 +23,15 @@ def _reply(status: int, error_type: str, message: str, headers=None) -> Response
     return resp
 
 
+def proxy_error_response(exc: ProxyError) -> Response:
+    """The answer to a ProxyError (the Flask handler, and the hot routes of app/fastpath.py)."""
+    return _reply(exc.status, exc.error_type, exc.message, exc.headers)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ProxyError)
     def proxy_error(exc: ProxyError):
-        return _reply(exc.status, exc.error_type, exc.message, exc.headers)
+        return proxy_error_response(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -6,8 +6,10 @@ measurably lowers the CPU per request. Retries happen only before the first byte
 """
 from __future__ import annotations
 
+import _socket
 import logging
 import random
+import ssl
 import threading
 import time
 import weakref
@@ -24,14 +26,18 @@ from urllib3.exceptions import (
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.url import parse_url
 
 from ..errors import ProxyError, from_upstream, upstream_host
+from .httpmessage import HTTPResponse as FastHeadersResponse
 from ..settings import Settings
 
 log = logging.getLogger("nexus.upstream")
 
 RETRY_STATUSES = frozenset({429, 503, 529})
+_ROUTES = 256  # URLs whose pool and target are remembered (passthrough paths and query strings vary)
 
+_PEEK = _socket.MSG_PEEK | _socket.MSG_DONTWAIT
 # The callback of the request being sent in this greenlet (gevent patches threading.local).
 _sending = threading.local()
 
@@ -40,12 +46,36 @@ class _NotifyingHTTPConnection(HTTPConnection):
     """Calls the sender's `on_sent` once the whole request is written to the socket: from then on the
     upstream has it even if this process dies, which is when the accounting journals the request."""
 
+    response_class = FastHeadersResponse
+
     def request(self, *args, **kwargs):  # type: ignore[override]
         super().request(*args, **kwargs)
         _notify_sent()
 
+    @property
+    def is_connected(self) -> bool:
+        # urllib3 asks before reusing a pooled connection: "not readable" (no EOF, no stray bytes) means
+        # alive. Its answer is a poll, which under gevent builds a watcher per call; a non-blocking peek
+        # on the OS socket says the same.
+        sock = self.sock
+        if sock is None:
+            return False
+        raw = getattr(sock, "_sock", sock)  # gevent's cooperative socket wraps the OS one (non-blocking)
+        if (not isinstance(raw, _socket.socket) or isinstance(raw, ssl.SSLSocket)
+                or _socket.socket.gettimeout(raw) != 0.0):  # a timeout would make the peek wait
+            return super().is_connected
+        try:
+            _socket.socket.recv(raw, 1, _PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
+
 
 class _NotifyingHTTPSConnection(HTTPSConnection):
+    response_class = FastHeadersResponse
+
     def request(self, *args, **kwargs):  # type: ignore[override]
         super().request(*args, **kwargs)
         _notify_sent()
@@ -78,6 +108,7 @@ class UpstreamClient:
             timeout=self.timeout,
         )
         self.pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self._routes: dict[str, tuple[HTTPConnectionPool, str]] = {}
         self._sleep = sleep or time.sleep
         self.on_retry = None  # called with the reason of each retry (metrics)
         # Open streaming responses, so a shutdown that runs out of time can end them cleanly.
@@ -109,9 +140,10 @@ class UpstreamClient:
             last = attempt == attempts - 1
             _sending.callback = on_sent
             try:
-                resp = self.pool.urlopen(
-                    method, url, body=body, headers=headers, preload_content=False,
-                    decode_content=decode_content, redirect=False, retries=False,
+                pool, target = self._route(url)
+                resp = pool.urlopen(
+                    method, target, body=body, headers=headers, preload_content=False,
+                    decode_content=decode_content, redirect=False, retries=False, assert_same_host=False,
                     **({"timeout": timeout} if timeout is not None else {}),
                 )
             except (ConnectTimeoutError, NewConnectionError) as exc:
@@ -152,6 +184,18 @@ class UpstreamClient:
             return urllib3.Timeout(connect=s.connect_timeout or None, read=s.read_timeout or None)
         left = max(0.5, budget - (time.perf_counter() - started))
         return urllib3.Timeout(connect=min(s.connect_timeout or left, left), read=min(s.read_timeout or left, left))
+
+    def _route(self, url: str) -> tuple[HTTPConnectionPool, str]:
+        """The pool for `url`'s origin and the request target: what `PoolManager.urlopen` works out on every
+        call (it parses the URL and looks the pool up), worked out once per URL."""
+        route = self._routes.get(url)
+        if route is None or route[0].pool is None:  # new, or closed (the manager let the pool go)
+            u = parse_url(url)
+            route = (self.pool.connection_from_host(u.host, port=u.port, scheme=u.scheme), u.request_uri)
+            if len(self._routes) >= _ROUTES:
+                self._routes.clear()
+            self._routes[url] = route
+        return route
 
     def _backoff(self, attempt: int, retry_after: float | None, why: str, reason: str) -> None:
         if self.on_retry is not None:

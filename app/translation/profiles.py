@@ -8,6 +8,7 @@ upstream is a new entry here, not new code.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -67,7 +68,11 @@ class Profile:
 
 
 def _matches(patterns: tuple[str, ...], model: str) -> bool:
-    name = model.lower() if isinstance(model, str) else ""
+    return _name_matches(patterns, model.lower() if isinstance(model, str) else "")
+
+
+@functools.lru_cache(maxsize=1024)  # asked several times per request, for the few models an upstream serves
+def _name_matches(patterns: tuple[str, ...], name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 

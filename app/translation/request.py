@@ -1,6 +1,7 @@
 """Anthropic Messages request -> OpenAI Chat Completions request (pure; rules in docs/translation.md)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -13,7 +14,7 @@ from ..jsoncodec import dumps_lenient
 
 from .models import Route
 from .profiles import PROFILES, Profile
-from .schema import clean_schema
+from .schema import clean_schema, clean_tool_schema
 from .thinking import is_proxy_signature, reasoning_effort, verify_thinking_text
 
 log = logging.getLogger(__name__)
@@ -361,23 +362,22 @@ class _Conversation:
         tool_images: list[dict] = []
         for j, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
-            path = f"messages.{i}.content.{j}"
             if kind == "text":
                 text = _block_text(block, i, j)
                 if text:
                     parts.append(_text_part(text, block, self.cache))
             elif kind == "tool_result":
-                self._tool_result(block, path, parts, tool_images)
+                self._tool_result(block, f"messages.{i}.content.{j}", parts, tool_images)
             elif kind == "image":
-                parts.append(self._image(block, path))
+                parts.append(self._image(block, f"messages.{i}.content.{j}"))
             elif kind == "document":
-                parts.extend(self._document(block, path))
+                parts.extend(self._document(block, f"messages.{i}.content.{j}"))
             elif kind in _DROPPED_BLOCKS:
                 continue
             elif not isinstance(block, dict):
                 raise UnsupportedContent(f"messages.{i}.content.{j}: must be an object")
             else:
-                raise _unsupported(path, f"block type {kind!r}")
+                raise _unsupported(f"messages.{i}.content.{j}", f"block type {kind!r}")
         parts = tool_images + parts if tool_images else parts
         if parts:
             self._append({"role": "user", "content": _parts_to_content(parts)})
@@ -512,7 +512,7 @@ def _tools(tools: Any, tool_choice: Any, opts: Options) -> tuple[list[dict], dic
         description = tool.get("description")
         if isinstance(description, str) and description:
             function["description"] = description
-        function["parameters"] = clean_schema(schema)
+        function["parameters"] = clean_tool_schema(schema)
         out.append({"type": "function", "function": function})
     if dropped:
         forced = tool_choice.get("name") if isinstance(tool_choice, dict) and tool_choice.get("type") == "tool" else None
@@ -568,6 +568,11 @@ def _user_hash(metadata: Any) -> str | None:
     user_id = metadata.get("user_id")
     if not isinstance(user_id, str) or not user_id:
         return None
+    return _hash_user_id(user_id)
+
+
+@functools.lru_cache(maxsize=1024)  # one Claude Code session sends the same user_id on every turn
+def _hash_user_id(user_id: str) -> str:
     key = user_id
     if user_id[:1] == "{":
         try:

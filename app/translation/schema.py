@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+try:  # pragma: no cover - which branch runs depends on the environment
+    from orjson import dumps as _key_of
+except ImportError:  # pragma: no cover
+    _key_of = None
+
 _KEEP_FORMATS = frozenset({"date-time"})
 
 # What to do with each keyword; any other key is kept as is, unless it starts with "$".
@@ -44,6 +49,36 @@ def clean_schema(schema: dict) -> dict:
     if out.get("type") == "object" and not isinstance(out.get("properties"), dict):
         out["properties"] = {}
     return out
+
+
+# Claude Code sends the same tools, with the same schemas, on every turn: each cleaned schema is kept,
+# keyed by its JSON text, so a turn pays one encode per tool instead of a walk. Bounded by the keys' total
+# size (a Claude Code tool set is ~60 KB): the oldest go first.
+_MEMO: dict[bytes, dict] = {}
+_MEMO_BYTES = 1 << 20
+_memo_size = 0
+
+
+def clean_tool_schema(schema: dict) -> dict:
+    """`clean_schema` for a tool's input_schema, remembered. The result is shared: callers must not modify it."""
+    global _memo_size
+    if _key_of is None or not isinstance(schema, dict):
+        return clean_schema(schema)
+    try:
+        key = _key_of(schema)
+    except Exception:  # e.g. a lone surrogate: the encoder of the upstream body will say so
+        return clean_schema(schema)
+    cleaned = _MEMO.get(key)
+    if cleaned is None:
+        cleaned = clean_schema(schema)
+        if len(key) <= _MEMO_BYTES // 16:
+            while _MEMO and _memo_size + len(key) > _MEMO_BYTES:
+                oldest = next(iter(_MEMO))
+                del _MEMO[oldest]
+                _memo_size -= len(oldest)
+            _MEMO[key] = cleaned
+            _memo_size += len(key)
+    return cleaned
 
 
 def _clean(node: dict) -> dict:

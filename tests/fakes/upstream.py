@@ -562,9 +562,9 @@ class FakeApp:
             inp = ctx.parsed.get("input")
             if isinstance(inp, list):
                 state.reasoning_returned.extend(i["id"] for i in inp if i.get("type") == "reasoning")
-        if endpoint == "/chat/completions" and method == "POST" and isinstance(ctx.parsed, dict):
-            profile = _profile_of(ctx)
-            refused = upstream_profiles.refusal(profile, ctx.parsed) if profile else None
+        profile = _profile_of(ctx) if endpoint == "/chat/completions" and method == "POST" else None
+        if profile and isinstance(ctx.parsed, dict):  # only then: a benchmark body is never parsed
+            refused = upstream_profiles.refusal(profile, ctx.parsed)
             if refused is not None:
                 return ctx.json(*refused)  # as the real upstream: before anything scripted
         per_cred = state.credentials.get(ctx.credential()) if state.credentials and endpoint in _ANTHROPIC_ENDPOINTS \
