@@ -22,7 +22,7 @@ from ..translation.models import ModelRouter, model_map_for, upstream_api
 from ..translation.request import Options, UnsupportedContent, anthropic_to_openai
 from ..translation.response import UpstreamFormatError, openai_to_anthropic
 from ..translation.responses_request import anthropic_to_responses
-from ..translation.responses_response import ResponseFailed, responses_to_anthropic
+from ..translation.responses_response import ResponseFailed, counts_input, responses_to_anthropic
 from ..translation.responses_stream import IGNORED_EVENTS, ResponsesStreamTranslator
 from ..translation.stream import StreamTranslator
 from ..translation.tokens import count_input_tokens, estimate_input_tokens
@@ -74,11 +74,11 @@ class Translator:
         resp, chosen, target, api, served_by = self._send_handling_failover(inc, body, stream, signing_key)
         model = rec.model_requested or chosen.model
         if api == "responses":
-            estimate = estimate_input_tokens(body)
             if not stream:
-                return self._responses_json(resp, rec, model, estimate, target, signing_key, served_by)
+                return self._responses_json(resp, rec, model, body, target, signing_key, served_by)
             plug = ResponsesStream(ResponsesStreamTranslator(model=model, signing_key=signing_key,
-                                                             input_tokens=estimate), self.settings.max_sse_event_bytes)
+                                                             input_tokens=estimate_input_tokens(body)),
+                                   self.settings.max_sse_event_bytes)
         else:
             stop_sequences = body.get("stop_sequences") or ()
             if not stream:
@@ -217,12 +217,14 @@ class Translator:
                              "api_error") from None
         return self._answered(rec, message, served_by)
 
-    def _responses_json(self, resp, rec: RequestRecord, model: str, estimate: int, target: Upstream,
+    def _responses_json(self, resp, rec: RequestRecord, model: str, body: dict, target: Upstream,
                         signing_key: bytes, served_by) -> Reply:
         raw = self._read_answer(resp, target.host)
         try:
-            message = responses_to_anthropic(jsoncodec.loads_lenient(raw), model=model, signing_key=signing_key,
-                                             input_tokens=estimate)
+            answer = jsoncodec.loads_lenient(raw)
+            # the estimate walks the whole conversation: only for an answer that does not count its input
+            message = responses_to_anthropic(answer, model=model, signing_key=signing_key,
+                                             input_tokens=0 if counts_input(answer) else estimate_input_tokens(body))
         except ResponseFailed as exc:
             raise ProxyError(status_for_error_type(exc.error_type), exc.message, exc.error_type) from None
         except (ValueError, UpstreamFormatError) as exc:

@@ -22,6 +22,12 @@ def _int(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
+def counts_input(resp: Any) -> bool:
+    """Whether an answer's usage counts its input tokens (else the caller's estimate stands in for them)."""
+    usage = resp.get("usage") if isinstance(resp, dict) else None
+    return isinstance(usage, dict) and _int(usage.get("input_tokens")) is not None
+
+
 def cached_input_tokens(usage: Any) -> int | None:
     details = usage.get("input_tokens_details") if isinstance(usage, dict) else None
     return _int(details.get("cached_tokens")) if isinstance(details, dict) else None

@@ -7,7 +7,7 @@ import pytest
 
 from app.translation.reasoning import unseal
 from app.translation.response import UpstreamFormatError
-from app.translation.responses_response import ResponseFailed, responses_to_anthropic
+from app.translation.responses_response import ResponseFailed, counts_input, responses_to_anthropic
 from app.translation.responses_stream import ResponsesStreamTranslator
 from tests.fakes import responses as fake_api
 
@@ -245,3 +245,15 @@ def test_reasoning_left_open_takes_its_encrypted_content_from_the_final_response
         {"type": "response.completed", "response": {"status": "completed", "output": [item]}}])
     message = accumulate(events)
     assert unseal(message["content"][0], KEY)["encrypted_content"] == "gAAAA-late"
+
+
+@pytest.mark.parametrize("usage, counted", [
+    ({"input_tokens": 12, "output_tokens": 3}, True), ({"input_tokens": 0}, True), ({"output_tokens": 3}, False),
+    ({"input_tokens": True}, False), ({"input_tokens": -1}, False), ({"input_tokens": "12"}, False), (None, False),
+])
+def test_an_answer_counts_its_input_only_with_a_whole_number_else_the_estimate_stands_in(usage, counted):
+    answer = {"id": "resp_u", "status": "completed", "usage": usage,
+              "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]}]}
+    assert counts_input(answer) is counted
+    message = responses_to_anthropic(answer, model=MODEL, signing_key=KEY, input_tokens=0 if counted else 77)
+    assert message["usage"]["input_tokens"] == (usage["input_tokens"] if counted else 77)
