@@ -508,6 +508,9 @@ class Bench:
             order = list(jobs.items())
             shift = r % len(order)  # rotate who goes first, so drift hits every side
             for name, job in order[shift:] + order[:shift]:
+                if case.rss_per_stream:
+                    # a side that just closed 1,000 streams is still tearing them down: not the next side's cost
+                    settle([pid for side_pids in pids.values() for pid in side_pids] + [driver.pid])
                 self.measure(driver, job, sides[name], pids[name], case.rss_per_stream)
         for name, side in sides.items():
             if name in (BESIDE_DIRECT, BESIDE_PROXY):
@@ -535,6 +538,16 @@ def update_marked(path: Path, text: str) -> None:
         raise SystemExit("%s has no %s ... %s lines" % (path, MARK_START, MARK_END))
     body = text.replace("# Benchmark results", "### Latest benchmark results", 1).replace("\n## ", "\n#### ")
     path.write_text(content[:start.end()] + "\n" + body + content[end.start():])
+
+
+def settle(pids: list[int], quiet: float = 0.02, window: float = 0.1, limit: float = 5.0) -> None:
+    """Wait (up to `limit` seconds) until `pids` together use under `quiet` of a core over `window` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = procstat.tree_cpu(pids)
+        time.sleep(window)
+        if procstat.tree_cpu(pids) - before < quiet * window:
+            return
 
 
 def both(servers, action: Callable[[ProxyServer], object]) -> None:
