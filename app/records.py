@@ -29,9 +29,6 @@ class RequestRecord:
     api_key_masked: str | None = None  # already masked; never the raw key
     auth_type: str | None = None  # "api_key" | "oauth" | None
     upstream_error: str | None = None  # how the upstream failed, if it did (app.services.metrics kinds)
-    # Credential pools and fallback upstreams: which credential file (by name) or upstream served it.
-    credential: str | None = None
-    slack_override: dict | None = field(default=None, repr=False)
     # For Slack only; kept short by the producer.
     user_text: str | None = None
     assistant_text: str | None = None
@@ -47,6 +44,11 @@ class RequestRecord:
     key_team: str | None = None
     # What the key's limiter holds for this request (a concurrency slot), released once when it is finished.
     admission: object = field(default=None, repr=False, compare=False)
+    # Credential pools and fallback upstreams: which credential file (by name) or upstream served it. (Fields
+    # are added at the end: the usage journal stores them by position, and older lines are a prefix.)
+    credential: str | None = None
+    # The domain's own Slack settings (its webhook is a secret: never journaled or stored)
+    slack_override: dict | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:

@@ -26,12 +26,14 @@ import secrets
 from dataclasses import fields
 from typing import Iterator
 
+from .. import jsoncodec
 from ..records import RequestRecord
 
 log = logging.getLogger("nexus.journal")
 
 # Only what the store keeps; the Slack texts and the masked key stay out of the file.
-_NOT_STORED = frozenset({"user_text", "assistant_text", "tool_names", "api_key_masked", "error_message"})
+_NOT_STORED = frozenset({"user_text", "assistant_text", "tool_names", "api_key_masked", "error_message",
+                         "slack_override"})
 FIELDS = tuple(f.name for f in fields(RequestRecord) if f.name not in _NOT_STORED)
 # The limiter's hold on a key is this process's own state: its slot stays (so every line has the same fields)
 # but is written empty. Written, it would cost a repr of the key's record on every request and put the
@@ -63,6 +65,10 @@ def encode(rec: RequestRecord) -> bytes:
             v = None  # an upstream's 1e999 must not make the line unreadable
         values.append(v)
     try:
+        return jsoncodec.dumps(values) + b"\n"
+    except ValueError:
+        pass
+    try:  # a lone surrogate in a model name, say: the standard encoder escapes it
         return _dumps(values).encode() + b"\n"
     except (ValueError, TypeError):
         return _dumps([v if isinstance(v, (str, int, bool, type(None))) else None for v in values]).encode() + b"\n"
@@ -83,7 +89,8 @@ def decode(line: bytes) -> RequestRecord | None:
         values = json.loads(line)
     except ValueError:
         return None  # the last line of a killed process may be cut short
-    if not isinstance(values, list) or len(values) != len(FIELDS):
+    # a line written before a field was added is a prefix of today's fields
+    if not isinstance(values, list) or not 0 < len(values) <= len(FIELDS):
         return None
     data = dict(zip(FIELDS, values))
     if not isinstance(data.get("request_id"), str) or not data["request_id"]:

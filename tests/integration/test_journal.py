@@ -227,3 +227,24 @@ def test_a_begun_line_leaves_out_what_the_key_limiter_holds():
     back = journal_mod.decode(line)
     assert back is not None and back.key_id == "key_abc" and back.admission is None
     assert len(json.loads(line[1:])) == len(journal_mod.FIELDS)  # the slot stays: every line has every field
+
+
+def test_a_domains_slack_webhook_is_never_journaled_and_the_credential_is():
+    webhook = "https://hooks.slack.com/services/T000/B000/journal-secret-hook"
+    rec = RequestRecord(request_id="req_s", timestamp=1.5, domain="d", mode="passthrough", credential="a-max-1.json",
+                        slack_override={"webhook_url": webhook, "channel": "#team"})
+    line = journal_mod.encode_begun(rec)
+    assert b"journal-secret-hook" not in line and b"#team" not in line
+    back = journal_mod.decode(line)
+    assert back is not None and back.credential == "a-max-1.json" and back.slack_override is None
+
+
+def test_a_line_written_before_fields_were_added_still_replays():
+    """A worker of the previous version killed before an upgrade left lines with fewer fields (a prefix)."""
+    rec = RequestRecord(request_id="req_old", timestamp=1.5, domain="d", mode="translation", input_tokens=9,
+                        status=200, credential="gone-by-then")
+    values = json.loads(journal_mod.encode(rec))
+    older = json.dumps(values[:journal_mod.FIELDS.index("credential")]).encode() + b"\n"
+    back = journal_mod.decode(older)
+    assert back is not None and (back.request_id, back.input_tokens, back.status) == ("req_old", 9, 200)
+    assert back.credential is None
