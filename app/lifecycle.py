@@ -60,6 +60,9 @@ def worker_stopping(worker) -> None:
     services = _services(worker)
     if services is not None:
         services.stop()
+    # What tune_gc froze would otherwise outlive the interpreter's last collection and be torn down with the
+    # modules, when logging's and gevent's cleanup callbacks can no longer run.
+    gc.unfreeze()
 
 
 def worker_reaped(settings, pid: int) -> None:

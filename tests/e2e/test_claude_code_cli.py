@@ -18,6 +18,7 @@ from typing import Iterator
 
 import pytest
 
+from app.services.credentials.state import SYNC_INTERVAL
 from tests.e2e.cli_helpers import (REPO_ROOT, CliRun, InternetTrap, Project, doc_blocks, doc_env, doc_json, find_claude,
                                    in_ci, run_claude, stats_delta, substitute, token_stats, wait_for_stats)
 from tests.fakes.server import FakeUpstream, ProxyServer
@@ -516,6 +517,8 @@ def test_pool_fails_over_without_the_cli_seeing_it(claude, fake, pool_proxy, pro
     assert not run.system_events("api_retry"), run.describe()
     used = [p["headers"].get("x-api-key") or p["headers"].get("authorization", "")[7:] for p in _posts(fake, "/v1/messages")]
     assert used == [one, two, two], used  # refused once; both turns then on a-max-2 (sticky)
+    # the cooling reached this worker at once; the other worker learns it at its next sync with the store
+    time.sleep(SYNC_INTERVAL + 0.5)
     # the next conversation goes to the least used credential (the API key, never used yet), which is
     # overloaded once: a-max-2 serves it
     fake.reset()
