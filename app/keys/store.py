@@ -8,6 +8,7 @@ import json
 import time
 from typing import Sequence
 
+from ..storage.where import time_range
 from .keyformat import generate_key, hash_key, new_key_id
 from .rules import ClientKey
 
@@ -98,13 +99,7 @@ class KeyStore:
 
     def usage_by_key(self, since: float | None = None, until: float | None = None) -> list[dict]:
         """/token-stats?group_by=key: usage and cost per key, with its name and team."""
-        where, params = [], []
-        if since is not None:
-            where.append(f"ts >= {self.ph}")
-            params.append(float(since))
-        if until is not None:
-            where.append(f"ts < {self.ph}")
-            params.append(float(until))
+        where, params = time_range(self.ph, since, until)
         sql = ("SELECT key_id, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens),"
                " SUM(cache_read_input_tokens), SUM(CASE WHEN error_type IS NOT NULL OR status >= 400 THEN 1 ELSE 0 END),"
                " COALESCE(SUM(cost_usd), 0), SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END) FROM nexus_requests"

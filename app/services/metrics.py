@@ -429,53 +429,51 @@ class Metrics:
         """The exposition text: every worker's files merged, plus what this worker reads at scrape time."""
         self.sync()
         text = render_directory(self.path)
-        return text + self._credential_expiry() + self._credential_windows()
+        return text + self._credentials_text()
 
-    def _credential_expiry(self) -> bytes:
+    def _credentials_text(self) -> bytes:
+        """What the credentials' own state says at scrape time (never a secret): OAuth expiry, windows, state."""
         creds = self.credentials
         if creds is None:
             return b""
         try:
-            expiry = creds.oauth_expiry()
+            expiry, view = creds.oauth_expiry(), creds.credential_view()
         except Exception:
             return b""
-        if not expiry:
-            return b""
-        name = "nexus_credential_expiry_timestamp_seconds"
-        lines = [f"# HELP {name} When the OAuth access token of a mapped domain expires (epoch seconds)",
-                 f"# TYPE {name} gauge"]
-        for domain, ms in sorted(expiry.items()):
-            lines.append(f'{name}{{domain="{_escape(domain)}"}} {_num(ms / 1000.0)}')
-        return ("\n".join(lines) + "\n").encode()
+        return _expiry_text(expiry) + _windows_text(view)
 
 
-    def _credential_windows(self) -> bytes:
-        """Each credential file's subscription windows and state, as the upstream's answers told them."""
-        creds = self.credentials
-        if creds is None:
-            return b""
-        try:
-            view = creds.credential_view()
-        except Exception:
-            return b""
-        util, state = "nexus_credential_utilization_ratio", "nexus_credential_state"
-        util_lines, state_lines = [], []
-        for name, item in sorted(view.items()):
-            label = _escape(name)
-            for window, key in (("5h", "fiveHour"), ("7d", "sevenDay")):
-                value = (item.get(key) or {}).get("utilization")
-                if value is not None:
-                    util_lines.append(f'{util}{{credential="{label}",window="{window}"}} {_num(value)}')
-            for phase in _CREDENTIAL_PHASES:
-                state_lines.append(f'{state}{{credential="{label}",state="{phase}"}} '
-                                   f'{1 if item.get("status") == phase else 0}')
-        if not state_lines:
-            return b""
-        lines = [f"# HELP {util} A subscription window's utilisation (0-1) from the upstream's last answer",
-                 f"# TYPE {util} gauge", *util_lines,
-                 f"# HELP {state} 1 for the credential's current state (ok, cooling, broken, invalid)",
-                 f"# TYPE {state} gauge", *state_lines]
-        return ("\n".join(lines) + "\n").encode()
+def _expiry_text(expiry: dict[str, int]) -> bytes:
+    if not expiry:
+        return b""
+    name = "nexus_credential_expiry_timestamp_seconds"
+    lines = [f"# HELP {name} When the OAuth access token of a mapped domain expires (epoch seconds)",
+             f"# TYPE {name} gauge"]
+    for domain, ms in sorted(expiry.items()):
+        lines.append(f'{name}{{domain="{_escape(domain)}"}} {_num(ms / 1000.0)}')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _windows_text(view: dict[str, dict]) -> bytes:
+    """Each credential file's subscription windows and state, as the upstream's answers told them."""
+    util, state = "nexus_credential_utilization_ratio", "nexus_credential_state"
+    util_lines, state_lines = [], []
+    for name, item in sorted(view.items()):
+        label = _escape(name)
+        for window, key in (("5h", "fiveHour"), ("7d", "sevenDay")):
+            value = (item.get(key) or {}).get("utilization")
+            if value is not None:
+                util_lines.append(f'{util}{{credential="{label}",window="{window}"}} {_num(value)}')
+        for phase in _CREDENTIAL_PHASES:
+            state_lines.append(f'{state}{{credential="{label}",state="{phase}"}} '
+                               f'{1 if item.get("status") == phase else 0}')
+    if not state_lines:
+        return b""
+    lines = [f"# HELP {util} A subscription window's utilisation (0-1) from the upstream's last answer",
+             f"# TYPE {util} gauge", *util_lines,
+             f"# HELP {state} 1 for the credential's current state (ok, cooling, broken, invalid)",
+             f"# TYPE {state} gauge", *state_lines]
+    return ("\n".join(lines) + "\n").encode()
 
 
 _CREDENTIAL_PHASES = ("ok", "cooling", "broken", "invalid")
