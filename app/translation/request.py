@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ..conversation import session_id
 from ..jsoncodec import dumps_lenient
@@ -35,6 +35,21 @@ _UPSTREAM = "cannot be sent to an OpenAI-compatible upstream"
 
 class UnsupportedContent(ValueError):
     """Content the upstream cannot take; the message names its place (e.g. "messages.3.content.0: ...")."""
+
+
+_ROLES = ("user", "assistant", "system")
+
+
+def each_message(messages: Any) -> Iterator[tuple[int, str, Any]]:
+    """(index, role, content) of each message, for both upstream APIs' converters; a 400 for a message that
+    is not an object or whose role is none of user, assistant, system."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise UnsupportedContent(f"messages.{i}: must be an object")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise UnsupportedContent(f"messages.{i}.role: must be one of user, assistant, system")
+        yield i, role, message.get("content")
 
 
 @dataclass(frozen=True)
@@ -246,22 +261,16 @@ class _Conversation:
         self.tool_slot = 0  # where the next tool message goes (just after that assistant + earlier results)
 
     def add_all(self, messages: Any) -> None:
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise UnsupportedContent(f"messages.{i}: must be an object")
-            role = message.get("role")
-            content = message.get("content")
+        for i, role, content in each_message(messages):
             if role == "assistant":
                 self.assistant(content, i)
             elif role == "user":
                 self.user(content, i)
-            elif role == "system":
+            else:
                 # Mid-conversation system message (beta mid-conversation-system): kept at its place.
                 text = _system_content(content, f"messages.{i}.content", self.cache)
                 if text:
                     self.out.append({"role": "system", "content": text})
-            else:
-                raise UnsupportedContent(f"messages.{i}.role: must be one of user, assistant, system")
 
     def _append(self, message: dict) -> None:
         out = self.out

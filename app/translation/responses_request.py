@@ -16,7 +16,7 @@ from ..jsoncodec import dumps_lenient
 from . import reasoning as reasoning_items
 from .models import Route
 from .request import (TOOL_ERROR_PREFIX, Options, UnsupportedContent, _block_text, _document_parts, _image_part,
-                      _system_text, _unsupported, _user_hash)
+                      _system_text, _unsupported, _user_hash, each_message)
 from .request import _tools as _chat_tools
 from .thinking import reasoning_effort
 
@@ -115,21 +115,15 @@ class _Input:
         self.calls: set[str] = set()
 
     def build(self, messages: Any) -> list[dict]:
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise UnsupportedContent(f"messages.{i}: must be an object")
-            role = message.get("role")
-            content = message.get("content")
+        for i, role, content in each_message(messages):
             if role == "assistant":
                 self.assistant(content, i)
             elif role == "user":
                 self.user(content, i)
-            elif role == "system":
+            else:
                 text = _system_text(content, f"messages.{i}.content")
                 if text:
                     self.items.append({"type": "message", "role": "developer", "content": [_text_part(text)]})
-            else:
-                raise UnsupportedContent(f"messages.{i}.role: must be one of user, assistant, system")
         return self.items
 
     def _message(self, role: str, parts: list[dict]) -> None:

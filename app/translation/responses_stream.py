@@ -15,7 +15,7 @@ from ..usage import TEXT_CAP, Usage
 from . import reasoning as reasoning_items
 from .response import message_id_from, new_message_id, new_tool_id
 from .responses_response import cached_input_tokens, failure, stop_reason_for
-from .stream import PING, _delta_event, format_sse
+from .stream import PING, StreamFailure, _delta_event, format_sse
 
 _REASONING, _MESSAGE, _FUNCTION = "reasoning", "message", "function_call"
 # Events that add nothing to what the deltas and the item events carry (several repeat the whole text):
@@ -53,7 +53,7 @@ class _Block:
         self.name = item.get("name") if isinstance(item.get("name"), str) else ""
 
 
-class ResponsesStreamTranslator:
+class ResponsesStreamTranslator(StreamFailure):
     """Turns parsed Responses API stream events into Anthropic SSE bytes. One per response."""
 
     def __init__(self, *, model: str, signing_key: bytes | str, input_tokens: int = 0) -> None:
@@ -245,18 +245,6 @@ class ResponsesStreamTranslator:
     def done(self) -> bool:
         """A terminal event (completed, incomplete, failed, error) was seen: nothing more will come."""
         return self._done
-
-    @property
-    def error_type(self) -> str | None:
-        return self._error[0] if self._error else None
-
-    @property
-    def error_message(self) -> str | None:
-        return self._error[1] if self._error else None
-
-    @property
-    def failed(self) -> bool:
-        return self._failed
 
     @property
     def started(self) -> bool:

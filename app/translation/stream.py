@@ -82,7 +82,28 @@ class _Tool:
         return self.complete
 
 
-class StreamTranslator:
+class StreamFailure:
+    """How a stream translator says it failed: `_error` is (Anthropic error type, message) once an
+    `event: error` went out, and `_failed` is set with it. Shared by both upstream APIs' translators."""
+
+    _error: tuple[str, str] | None = None
+    _failed: bool = False
+
+    @property
+    def error_type(self) -> str | None:
+        """The Anthropic error type sent in the `event: error`, if the stream failed."""
+        return self._error[0] if self._error else None
+
+    @property
+    def error_message(self) -> str | None:
+        return self._error[1] if self._error else None
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+
+class StreamTranslator(StreamFailure):
     """Turns parsed OpenAI stream chunks into Anthropic SSE bytes. Not thread-safe; one per response."""
 
     def __init__(
@@ -278,19 +299,6 @@ class StreamTranslator:
                 matched_stop=self._matched_stop, stop_sequences=self.stop_sequences,
             )[0]
         return self._stop_reason
-
-    @property
-    def error_type(self) -> str | None:
-        """The Anthropic error type sent in the `event: error`, if the stream failed."""
-        return self._error[0] if self._error else None
-
-    @property
-    def error_message(self) -> str | None:
-        return self._error[1] if self._error else None
-
-    @property
-    def failed(self) -> bool:
-        return self._failed
 
     # -- internals ------------------------------------------------------------------------------
 
