@@ -10,27 +10,10 @@ from __future__ import annotations
 import socket
 
 import gevent
-from gevent import socket as gsocket
 from gunicorn.workers.ggevent import GeventWorker
 
-
-class _ClientSocket(gsocket.socket):
-    """The client's socket, with a `sendall` that costs one `send` when the kernel takes the data at once.
-
-    gevent's own `sendall` asks the kernel for the send-buffer size on every call (a syscall) before its
-    first send; a streamed answer is one `sendall` per relayed piece, so that is paid per event.
-    """
-
-    __slots__ = ()
-
-    def sendall(self, data, flags: int = 0):
-        try:
-            sent = self._sock.send(data, flags)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return None
-        return gsocket.socket.sendall(self, memoryview(data)[sent:], flags)
+from .server_tuning import tune_gunicorn
+from .sockets import one_send
 
 
 class _IdleWait:
@@ -61,11 +44,11 @@ class ProxyWorker(GeventWorker):
     def init_process(self) -> None:
         self.connections: dict = {}
         self.idle: set = set()
+        tune_gunicorn(self.cfg)
         super().init_process()
 
     def handle(self, listener, client, addr) -> None:
-        if type(client) is gsocket.socket:  # plain TCP (TLS sockets keep their own sendall)
-            client.__class__ = _ClientSocket
+        one_send(client)
         key = gevent.getcurrent()
         self.connections[key] = client
         try:

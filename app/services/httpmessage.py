@@ -26,7 +26,7 @@ def parse_headers(fp, _class=http.client.HTTPMessage) -> http.client.HTTPMessage
     pairs = _plain(lines)
     if pairs is None:
         return email.parser.Parser(_class=_class).parsestr(b"".join(lines).decode("iso-8859-1"))
-    msg = _class()
+    msg = (_PlainMessage if _class is http.client.HTTPMessage else _class)()
     for name, value in pairs:
         msg.set_raw(name, value)
     msg.set_payload("")  # what the parser leaves after the blank line that ends the headers
@@ -47,6 +47,21 @@ def _plain(lines: list[bytes]) -> list[tuple[str, str]] | None:
             return None
         pairs.append((name.decode("ascii"), value.decode("ascii")))
     return pairs
+
+
+class _PlainMessage(http.client.HTTPMessage):
+    """Headers read by `_plain`: ASCII text, so the email policy's fetch would hand each value back as it
+    is, and the reads http.client and urllib3 make of every response (`get`, `items`) skip it."""
+
+    def get(self, name, failobj=None):
+        name = name.lower()
+        for key, value in self._headers:
+            if key.lower() == name:
+                return value
+        return failobj
+
+    def items(self):
+        return list(self._headers)
 
 
 class HTTPResponse(http.client.HTTPResponse):

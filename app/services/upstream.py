@@ -29,6 +29,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.url import parse_url
 
 from ..errors import ProxyError, from_upstream, upstream_host
+from ..sockets import one_send
 from .httpmessage import HTTPResponse as FastHeadersResponse
 from ..settings import Settings
 
@@ -47,6 +48,11 @@ class _NotifyingHTTPConnection(HTTPConnection):
     upstream has it even if this process dies, which is when the accounting journals the request."""
 
     response_class = FastHeadersResponse
+
+    def _new_conn(self):  # type: ignore[override]
+        sock = super()._new_conn()
+        one_send(sock)
+        return sock
 
     def request(self, *args, **kwargs):  # type: ignore[override]
         super().request(*args, **kwargs)
