@@ -23,6 +23,14 @@ class OneSendSocket(gsocket.socket):
         return gsocket.socket.sendall(self, memoryview(data)[sent:], flags)
 
 
+_PLAIN = (gsocket.socket, OneSendSocket)
+
+
+def plain_tcp(sock: object) -> bool:
+    """A gevent socket that is not TLS: the proxy may read and write its OS socket directly."""
+    return type(sock) in _PLAIN
+
+
 def one_send(sock: object) -> None:
     """Switch a plain gevent TCP socket to `OneSendSocket`; anything else (TLS, an unpatched stdlib
     socket in a test run without gevent's monkey-patching) is left as it is."""

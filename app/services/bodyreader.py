@@ -26,9 +26,10 @@ from typing import Callable
 
 import gevent
 from gevent import getcurrent
-from gevent import socket as gsocket
 
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from ..sockets import plain_tcp
 
 RECV_SIZE = 65536
 _MAX_SIZE_LINE = 4096  # a chunk-size line (with extensions) longer than this is not HTTP
@@ -75,7 +76,7 @@ class BodyReader:
         elif encoding == "deflate":
             self._decoder = _DeflateDecoder()
         self._sock = sock
-        if type(sock) is gsocket.socket and isinstance(getattr(sock, "_sock", None), _socket.socket):
+        if plain_tcp(sock) and isinstance(getattr(sock, "_sock", None), _socket.socket):
             self._wait = _SocketWait(sock)  # plain TCP under gevent (TLS decrypts in its own recv)
         if read_timeout is None:
             self._read_timeout = sock.gettimeout()  # what urllib3 set from the client's read timeout

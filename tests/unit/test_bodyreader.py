@@ -239,3 +239,31 @@ def test_reads_push_the_read_timeout_on_and_silence_after_them_still_times_out(s
     assert got == b"".join(b"data: %d\n\n" % i for i in range(8))
     assert 0.25 <= time.monotonic() - last < 1.0  # the timeout counted from the last event, not the first
     reader.close()
+
+
+@pytest.mark.skipif(not UNDER_GEVENT, reason="the socket wait exists under gevent (run by test_all_of_it_under_gevent)")
+def test_the_proxys_upstream_connections_are_read_without_a_timer_per_event(serve, monkeypatch):
+    import gevent
+
+    from app.services import upstream
+
+    steps = [CHUNKED]
+    for i in range(20):
+        steps += [_chunk(b"data: %d\n\n" % i), 0.01]
+    server = serve(steps + [b"0\r\n\r\n"])
+    pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=5))
+    pool.pool_classes_by_scheme = {"http": upstream._HTTPPool}
+    _, resp = _open(server, pool)
+    timers = []
+    real_init = gevent.Timeout.__init__
+
+    def counting_init(self, *args, **kwargs):
+        timers.append(args)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(gevent.Timeout, "__init__", counting_init)
+    reader = BodyReader(resp, read_timeout=5)
+    assert b"".join(_read_all(reader, wait=15.0)) == b"".join(b"data: %d\n\n" % i for i in range(20))
+    reader.close()
+    # gevent's socket builds a Timeout for each wait of a read with a timeout; the reader's wait does not.
+    assert len(timers) < 3, timers
