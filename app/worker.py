@@ -1,4 +1,5 @@
-"""The gunicorn worker: gevent's, plus prompt closing of idle keep-alive connections at shutdown.
+"""The gunicorn worker: gevent's, plus prompt closing of idle keep-alive connections at shutdown, fair
+accepts, and gunicorn's per-request constants worked out once (app/server_tuning.py).
 
 gunicorn's gevent worker waits, on a graceful stop, until every connection is gone, and a keep-alive
 connection waiting for its next request counts as busy. Claude Code and nginx keep connections open,
@@ -10,10 +11,21 @@ from __future__ import annotations
 import socket
 
 import gevent
+from gevent.server import StreamServer
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from .server_tuning import tune_gunicorn
 from .sockets import one_send
+
+
+class _OneAcceptServer(StreamServer):
+    """Accepts one connection per turn of the loop, as gunicorn's own servers do when there is more than one
+    worker. With one worker gevent's default is up to 100, and each accepted request then runs until its first
+    wait: a burst of new connections would hold every open stream's next chunk back for the whole batch
+    (tens of milliseconds). One at a time, the open streams' chunks go out between the new requests."""
+
+    max_accept = 1
 
 
 class _IdleWait:
@@ -45,6 +57,7 @@ class ProxyWorker(GeventWorker):
         self.connections: dict = {}
         self.idle: set = set()
         tune_gunicorn(self.cfg)
+        ggevent.StreamServer = _OneAcceptServer  # the name GeventWorker.run builds its servers with
         super().init_process()
 
     def handle(self, listener, client, addr) -> None:
