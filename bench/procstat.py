@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -128,3 +129,16 @@ def tree_run_seconds(pids: list[int]) -> float:
             except (OSError, ValueError, IndexError):
                 continue
     return total / 1e9
+
+
+def speed_probe(iterations: int = 1_500_000) -> float:
+    """CPU seconds of a fixed pure-Python loop: how fast this machine runs Python right now.
+
+    A shared VM's speed can change by half within minutes (its neighbours' load); the bench runs this
+    between groups so that a run's absolute figures can be read against the machine's speed at the time.
+    """
+    start = time.process_time()
+    total = 0
+    for i in range(iterations):
+        total += i
+    return time.process_time() - start
