@@ -25,10 +25,15 @@ from .upstream import UpstreamClient, close_quietly
 from ..sse import SSEDecoder
 from ..usage import StreamUsage, Usage, apply_usage, classify_request, usage_from_message
 from ..settings import Settings
+from ..translation.thinking import PREFIX as PROXY_SIGNATURE_PREFIX
+from ..translation.thinking import without_proxy_thinking
 
 log = logging.getLogger("nexus.passthrough")
 
 _ACCOUNTED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+# How the proxy's thinking signature starts inside a JSON body: a byte search finds the rare body that
+# carries one, so every other body is forwarded as it came.
+_PROXY_SIGNATURE_MARK = b'"' + PROXY_SIGNATURE_PREFIX.encode("ascii")
 # An "event" larger than this without a blank line is not SSE: relay it as it comes instead of holding it.
 MAX_HELD = 1 << 20
 
@@ -78,6 +83,8 @@ class Passthrough:
         config = inc.config if inc.config is not None else self.credentials.domain_config(inc.host)
         url = self.base + upstream_path(inc.path) + (("?" + inc.query_string) if inc.query_string else "")
         body = inc.body if inc.method not in ("GET", "HEAD") else None
+        if parsed is not None and _PROXY_SIGNATURE_MARK in body:
+            body = _without_proxy_thinking(body, parsed)
         resp, served_by = self._send_handling_pool(inc, config, client_headers, url, body, parsed)
         rec.status = resp.status
         if resp.status >= 400:
@@ -313,6 +320,18 @@ def _events_end(buf: bytes) -> int:
     ends = (buf.rfind(b"\n\n"), buf.rfind(b"\r\n\r\n"), buf.rfind(b"\r\r"))
     return max(ends[0] + 2 if ends[0] >= 0 else 0, ends[1] + 4 if ends[1] >= 0 else 0,
                ends[2] + 2 if ends[2] >= 0 else 0)
+
+
+def _without_proxy_thinking(raw: bytes, parsed: dict) -> bytes:
+    """The body to forward: without the thinking the proxy signed in translation (Anthropic would refuse the
+    request for it), else exactly as the client sent it."""
+    stripped = without_proxy_thinking(parsed)
+    if stripped is None:
+        return raw
+    try:
+        return jsoncodec.dumps(stripped)
+    except ValueError:  # a lone surrogate the lenient read let through: Anthropic judges the original
+        return raw
 
 
 def _describe(inc: Incoming, rec: RequestRecord) -> dict | None:

@@ -123,6 +123,36 @@ def verify_thinking_text(thinking: Any, signature: Any, key: bytes) -> bool:
     return payload is not None and hmac.compare_digest(payload, text_digest(thinking))
 
 
+def without_proxy_thinking(body: Any) -> dict | None:
+    """`body` (an Anthropic request) without the thinking blocks this proxy signed, or None when it has none.
+
+    A conversation that began in translation and goes on through passthrough carries the proxy's thinking
+    back to Anthropic, which cannot verify the proxy's signature and refuses the whole request. Those
+    blocks are the reasoning of another model and mean nothing to Claude, so they are left out; an assistant
+    message left empty is left out too (Anthropic joins the consecutive turns around it).
+    """
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return None
+    kept_messages = []
+    changed = False
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            kept_messages.append(message)
+            continue
+        kept = [block for block in content
+                if not (isinstance(block, dict) and block.get("type") == "thinking"
+                        and is_proxy_signature(block.get("signature")))]
+        if len(kept) == len(content):
+            kept_messages.append(message)
+            continue
+        changed = True
+        if kept:
+            kept_messages.append({**message, "content": kept})
+    return {**body, "messages": kept_messages} if changed else None
+
+
 def reasoning_effort(body: Any) -> Effort | None:
     """OpenAI `reasoning_effort` for an Anthropic request body (rules in the module docstring)."""
     if not isinstance(body, dict):

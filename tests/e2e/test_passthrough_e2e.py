@@ -587,3 +587,26 @@ def test_accounting_after_json_stream_failed_and_cut_off(proxy, fake):
     assert isinstance(got["lastUpdated"], int)
     body = requests.get(proxy.url + "/token-stats", timeout=5).json()
     assert body["status"] == "ok" and "timestamp" in body
+
+
+def test_thinking_signed_by_the_proxy_is_not_sent_to_anthropic(proxy, fake):
+    # A conversation that began in translation: its assistant turns carry the proxy's thinking signature,
+    # which Anthropic cannot verify (the fake refuses it as the real API does).
+    ours = {"type": "thinking", "thinking": "reasoned elsewhere", "signature": "nxp1.Y2hhdDp4.bWFj"}
+    anthropic_own = {"type": "thinking", "thinking": "Claude's own", "signature": "EqQBCkYIBRgCKkBvalid"}
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [ours, {"type": "text", "text": "hello"}]},
+                {"role": "user", "content": "and?"},
+                {"role": "assistant", "content": [dict(ours, thinking="only thinking")]},
+                {"role": "user", "content": "go on"},
+                {"role": "assistant", "content": [anthropic_own, {"type": "text", "text": "sure"}]},
+                {"role": "user", "content": "thanks"}]
+    with anthropic.Anthropic(base_url=proxy.url, api_key=CLIENT_API_KEY, max_retries=0) as c:
+        msg = c.messages.create(model=MODEL, max_tokens=64, messages=messages)
+        assert msg.content[0].type == "text"
+        assert c.messages.count_tokens(model=MODEL, messages=messages).input_tokens > 0
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        [req] = fake.requests(path)
+        assert req["body"]["messages"] == [
+            messages[0], {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+            messages[2], messages[4], messages[5], messages[6]], path

@@ -167,6 +167,20 @@ def answer_text(word: str) -> str:
     return "The first word of the file is %s." % word
 
 
+def foreign_thinking_signature(req: Any) -> str | None:
+    """Anthropic's refusal of a thinking block it did not sign: its signatures are plain base64 (this fake's
+    start with "fakesig_"), so one with a "." in it (another signer's format) cannot be verified."""
+    messages = req.get("messages") if isinstance(req, dict) else None
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if isinstance(block, dict) and block.get("type") == "thinking":
+                signature = block.get("signature")
+                if not isinstance(signature, str) or "." in signature:
+                    return "messages.%d.content.%d: Invalid `signature` in `thinking` block" % (i, j)
+    return None
+
+
 def plan_anthropic(req: dict) -> dict:
     """What the scripted model answers to an Anthropic request.
 
@@ -563,6 +577,10 @@ class FakeApp:
             inp = ctx.parsed.get("input")
             if isinstance(inp, list):
                 state.reasoning_returned.extend(i["id"] for i in inp if i.get("type") == "reasoning")
+        if endpoint in ("/v1/messages", "/v1/messages/count_tokens") and method == "POST" and bench is None:
+            problem = foreign_thinking_signature(ctx.parsed)  # checked before anything scripted, as above
+            if problem is not None:
+                return ctx.json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": problem}})
         profile = _profile_of(ctx) if endpoint == "/chat/completions" and method == "POST" else None
         if profile and isinstance(ctx.parsed, dict):  # only then: a benchmark body is never parsed
             refused = upstream_profiles.refusal(profile, ctx.parsed)

@@ -98,3 +98,28 @@ def test_reasoning_effort(body, expected):
 def test_reasoning_effort_of_non_dict():
     assert reasoning_effort(None) is None
     assert reasoning_effort([]) is None
+
+
+def test_without_proxy_thinking_leaves_out_only_the_proxys_blocks():
+    from app.translation.thinking import without_proxy_thinking
+
+    ours = {"type": "thinking", "thinking": "t", "signature": "nxp1.cGF5.bWFj"}
+    theirs = {"type": "thinking", "thinking": "c", "signature": "EqQBCkYIBRgC"}
+    redacted = {"type": "redacted_thinking", "data": "nxp1.looks-like-ours-but-is-data"}
+    body = {"model": "m", "max_tokens": 9, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "nxp1. in text is just text"}]},
+        {"role": "assistant", "content": [ours, theirs, redacted, {"type": "text", "text": "a"}]},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": [ours]},
+        {"role": "user", "content": "c"}]}
+    before = repr(body)
+    out = without_proxy_thinking(body)
+    assert out == {"model": "m", "max_tokens": 9, "messages": [
+        body["messages"][0],
+        {"role": "assistant", "content": [theirs, redacted, {"type": "text", "text": "a"}]},
+        body["messages"][2], body["messages"][4]]}
+    assert repr(body) == before  # the parsed body is not changed in place
+    # nothing of ours: nothing to change, and odd shapes are no error
+    for nothing in [{"messages": [{"role": "assistant", "content": [theirs]}]}, {"messages": "x"}, [], None,
+                    {"messages": [None, {"content": [None, 3, {"type": "thinking", "signature": 7}]}]}]:
+        assert without_proxy_thinking(nothing) is None
